@@ -1,0 +1,302 @@
+"""The ``caviar`` command.
+
+Exit codes: 0 done; 1 failure (a bug or the environment: the message says
+which); 2 bad input (a one-paragraph error naming the file, the key and the
+rule; nothing is started); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from searchspaces import STRATEGIES, SearchSpace, SpecError
+from searchspaces.yamlio import load_mapping, parse_yaml
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_WORKDIR = "./caviar-runs"
+
+
+class UsageError(Exception):
+    """Bad command-line input (not in a file): exit 2."""
+
+
+def _rules():
+    from models.config import RULES
+
+    return RULES
+
+
+def _load_any(path: str):
+    """(kind, SearchSpace, SweepSpec | None) for a space or sweep file."""
+    from orchestrator.sweepfile import file_kind, parse_sweep
+
+    raw = load_mapping(path)
+    kind = file_kind(raw)
+    if kind == "space":
+        return kind, SearchSpace.from_dict(raw, path, _rules()), None
+    if kind == "retune":
+        raise SpecError(path, "", "this is a re-tune job file; caviar validate, sample and "
+                        "train take a search space or a sweep file")
+    sweep = parse_sweep(raw, path, Path(path).resolve().parent)
+    return kind, sweep.space, sweep
+
+
+def _describe(space: SearchSpace) -> str:
+    lines = []
+    for p in space.parameters:
+        d = p.to_dict()
+        prio = f", priority {p.priority}" if p.priority else ""
+        if "fixed" in d:
+            lines.append(f"  {p.name}: fixed {d['fixed']!r}{prio}")
+        elif "choice" in d:
+            lines.append(f"  {p.name}: choice of {d['choice']}{prio}")
+        else:
+            lines.append(f"  {p.name}: {d.get('type', 'float')} on {d['scale']} scale "
+                         f"[{d['low']:g}, {d['high']:g}]{prio}")
+    return "\n".join(lines)
+
+
+def cmd_validate(args) -> int:
+    for path in args.files:
+        kind, space, sweep = _load_any(path)
+        tuned = len(space.tuned)
+        what = f"search space with {len(space.parameters)} parameters ({tuned} tuned)"
+        if sweep is not None:
+            s = sweep.strategy
+            what = (f"sweep {sweep.name!r}: strategy {s['kind']}, scheduler "
+                    f"{sweep.scheduler['kind']}, {sweep.epochs} epochs, metric "
+                    f"{sweep.metric['name']} ({sweep.metric['mode']}), data "
+                    f"{sweep.data.source}; {what}")
+        print(f"{path}: OK: {what}")
+        if not args.quiet:
+            print(_describe(space))
+    return EXIT_OK
+
+
+def _seed_or_draw(seed: int | None) -> int:
+    if seed is not None:
+        return seed
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"caviar: no --seed given; drew seed {seed} (pass --seed {seed} to repeat)",
+          file=sys.stderr)
+    return seed
+
+
+def cmd_sample(args) -> int:
+    from searchspaces.sampling import grid_points_per_parameter, sample
+
+    _, space, _ = _load_any(args.file)
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    seed = args.seed if args.strategy == "grid" else _seed_or_draw(args.seed)
+    configs = sample(space, args.strategy, args.n, seed or 0)
+    if args.strategy == "grid":
+        k = grid_points_per_parameter(args.n, len(space.tuned))
+        print(f"caviar: grid of {k} point(s) per tuned parameter over {len(space.tuned)} "
+              f"parameter(s): {len(configs)} configurations", file=sys.stderr)
+    for config in configs:
+        print(json.dumps(config))
+    return EXIT_OK
+
+
+def _parse_sets(items: list[str], space: SearchSpace) -> dict:
+    rules = _rules()
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set lr=0.01")
+        name, text = item.split("=", 1)
+        name = name.strip()
+        if name not in rules:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(rules), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--set {item!r}: the model has no parameter {name!r}{hint}; "
+                             "it accepts " + ", ".join(sorted(rules)))
+        try:
+            value = parse_yaml(text, f"--set {name}")
+        except SpecError:
+            value = text
+        if isinstance(value, int) and not isinstance(value, bool) and rules[name].type is float:
+            value = float(value)
+        problem = rules[name].check(value)
+        if problem:
+            raise UsageError(f"--set {item!r}: {name} {problem}, got {value!r}")
+        if name in space.names and space[name].is_tuned:
+            p = space[name]
+            if not _inside(p, value):
+                print(f"caviar: note: --set {name}={value!r} lies outside the search space "
+                      f"{p.to_dict()}", file=sys.stderr)
+        out[name] = value
+    return out
+
+
+def _inside(p, value) -> bool:
+    d = p.to_dict()
+    if "choice" in d:
+        return value in d["choice"]
+    return d["low"] <= value <= d["high"]
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def cmd_train(args) -> int:
+    from models.config import split_config
+    from models.data import DataSpec
+    from models.data import load as load_data
+
+    kind, space, sweep = _load_any(args.file)
+    overrides = _parse_sets(args.set, space)
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if sweep is not None:
+        config = sweep.trial_config(overrides)
+        data_spec, base_dir = sweep.data, sweep.base_dir
+        epochs = args.epochs or sweep.epochs
+        seed = sweep.seed if args.seed is None else args.seed
+    else:
+        config = {**space.centre(), **overrides}
+        data_spec, base_dir = DataSpec(), None
+        epochs = args.epochs or 20
+        seed = 0 if args.seed is None else args.seed
+    try:
+        model_config, hparams = split_config(config)
+    except ValueError as e:
+        raise UsageError(f"{args.file}: {e}") from None
+
+    t0 = time.perf_counter()
+    data = load_data(data_spec, base_dir)
+    print(f"caviar: data {data_spec.source}: {len(data.x_train)} train / {len(data.x_val)} val "
+          f"/ {len(data.x_test)} test rows, {data.n_features} features, {data.n_classes} "
+          f"classes", file=sys.stderr)
+    print("caviar: config " + json.dumps(config), file=sys.stderr)
+
+    def progress(m: dict, _run) -> None:
+        print(f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
+              f"val_loss {m['val_loss']:.4f}  val_accuracy {m['val_accuracy']:.4f}  "
+              f"lr {m['lr']:.3g}  {m['samples_per_second']:,.0f} samples/s", file=sys.stderr)
+
+    from models.train import evaluate, fit
+
+    result = fit(data, model_config, hparams, epochs=epochs, seed=seed, device=args.device,
+                 callback=progress, num_threads=args.threads)
+    import torch
+
+    x_test = torch.as_tensor(data.x_test, device=next(result.model.parameters()).device)
+    y_test = torch.as_tensor(data.y_test, device=x_test.device)
+    _, test_accuracy = evaluate(result.model, x_test, y_test)
+    m = result.metrics
+    out = {
+        "status": result.status,
+        "epochs": result.epochs,
+        "train_loss": m.get("train_loss"),
+        "val_loss": m.get("val_loss"),
+        "val_accuracy": m.get("val_accuracy"),
+        "test_accuracy": test_accuracy,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "seed": result.seed,
+        "config": config,
+    }
+    print(json.dumps(_json_safe(out)))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
+                        help="where runs, checkpoints and the embedded MLflow store live "
+                        "(default: %(default)s, or $CAVIAR_WORKDIR)")
+    parser = argparse.ArgumentParser(
+        prog="caviar",
+        description="Tune the hyperparameters of PyTorch classifiers with Ray Tune and MLflow.",
+        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 130 interrupted. "
+               "Set CAVIAR_DEBUG=1 to see tracebacks of failures.",
+    )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("caviar")
+    except PackageNotFoundError:  # run from a source tree without installing
+        v = "unknown"
+    parser.add_argument("--version", action="version", version=f"caviar {v}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", parents=[common], help="check search space or sweep files",
+                       description="Check search space or sweep files without running "
+                       "anything: every parameter's scale, bounds and names, every sweep key.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a search space or sweep YAML file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the OK line per file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sample", parents=[common], help="print the configs a search would try",
+                       description="Print the configurations a search would try, one JSON "
+                       "object per line, fixed parameters included.")
+    p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
+    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="random (seeded), quasi_random (scrambled Halton) or grid "
+                   "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
+    p.add_argument("--n", type=int, default=10, help="how many configurations (default "
+                   "%(default)s; for grid, the budget that sets k)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: drawn, and printed on stderr)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", parents=[common], help="train one configuration, without Ray",
+                       description="Train one configuration locally, without Ray. Tuned "
+                       "parameters not --set take their default, else the centre of their "
+                       "range in unit space. A space file alone trains on the digits data. "
+                       "Prints a line per epoch on stderr and, last, one JSON line with the "
+                       "result on stdout.")
+    p.add_argument("file", metavar="SWEEP_OR_SPACE", help="a sweep or search space YAML file")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
+                   help="set one hyperparameter, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default: the sweep's, else 20)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for initialisation and mini-batch order (default: the "
+                   "sweep's, else 0)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own choice)")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from models.data import DataError
+
+    try:
+        return args.func(args)
+    except (SpecError, DataError, UsageError) as e:
+        print(f"caviar: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("caviar: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a failure, not bad input: one line unless debugging
+        if os.environ.get("CAVIAR_DEBUG"):
+            raise
+        print(f"caviar: failed: {type(e).__name__}: {e} (set CAVIAR_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

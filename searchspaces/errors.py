@@ -1,0 +1,18 @@
+"""The one error type for bad input files, shared by every caviar command."""
+
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """A file (search space, sweep, re-tune job) breaks a rule.
+
+    The message names the file, where in it (parameter, key), the rule and the
+    bad value, in one paragraph: the CLI prints it as it is and exits with 2.
+    """
+
+    def __init__(self, source: str, where: str, message: str):
+        self.source = source
+        self.where = where
+        self.message = message
+        prefix = source if not where else f"{source}: {where}"
+        super().__init__(f"{prefix}: {message}" if prefix else message)
