@@ -137,6 +137,9 @@ def split_config(config: dict) -> tuple[MLPConfig, HParams]:
         problem = RULES[name].check(value)
         if problem:
             raise ValueError(f"parameter {name!r} {problem}, got {value!r}")
+    if config.get("batch_norm", True) and config.get("batch_size", 2) < 2:
+        raise ValueError("batch_size 1 cannot be used with batch_norm: BN normalises each unit "
+                         "over the mini-batch and needs at least 2 examples")
     model = {k: v for k, v in config.items() if k in MODEL_KEYS}
     trainer = {k: v for k, v in config.items() if k in TRAINER_KEYS}
     # ints are fine where floats are wanted (lr: 1); keep the dataclasses' types honest.

@@ -121,17 +121,19 @@ class TrainingRun:
         # BN cannot normalise a mini-batch of one example: drop such a last batch.
         stop = n - 1 if self.model_config.batch_norm and n % bs == 1 else n
         start_t = time.perf_counter()
-        total = torch.zeros((), device=self.device)
-        seen = 0
+        losses = []  # detached per-batch means; summed once per epoch, not per step
         for i in range(0, stop, bs):
             idx = order[i:min(i + bs, stop)]
             loss = loss_fn(model(self.x_train[idx]), self.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
-        train_loss = float(total) / max(seen, 1)  # float() syncs the device once per epoch
+            losses.append(loss.detach())
+        seen = stop
+        # Every batch holds bs rows but the last, which holds the rest.
+        weights = torch.full((len(losses),), float(bs), device=self.device)
+        weights[-1] = seen - bs * (len(losses) - 1)
+        train_loss = float(torch.stack(losses) @ weights) / seen  # one device sync per epoch
         train_seconds = time.perf_counter() - start_t
         val_loss, val_accuracy = evaluate(model, self.x_val, self.y_val)
         self.epoch += 1
