@@ -107,6 +107,9 @@ def load(spec: DataSpec, base_dir: str | Path | None = None) -> Dataset:
         base_dir: where a relative ``path`` is also looked for (the folder of the
             file that named it), after the working directory.
     """
+    if spec.source not in SOURCES:
+        raise DataError(f"data: key 'source': must be one of {', '.join(SOURCES)}, "
+                        f"got {spec.source!r}")
     x, y, names = _read(spec, base_dir)
     return prepare(x, y, names, spec.val_fraction, spec.test_fraction, spec.seed)
 
@@ -145,7 +148,14 @@ def _synthetic(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
         raise DataError(f"data: key 'classes': synthetic data needs at least 2, got {spec.classes}")
     if spec.n_features < 2:
         raise DataError(f"data: key 'n_features': needs at least 2, got {spec.n_features}")
+    if spec.size < 3 * spec.classes:
+        raise DataError(f"data: key 'size': {spec.classes} classes need at least "
+                        f"{3 * spec.classes} rows (3 per class, to split), got {spec.size}")
     informative = min(spec.n_features, max(2, math.ceil(math.log2(spec.classes)) + 1))
+    if spec.classes > 2 ** informative:
+        raise DataError(f"data: key 'classes': {spec.classes} classes need at least "
+                        f"{math.ceil(math.log2(spec.classes))} features, got "
+                        f"n_features={spec.n_features}")
     x, y = make_classification(
         n_samples=spec.size, n_features=spec.n_features, n_informative=informative,
         n_redundant=0, n_classes=spec.classes, n_clusters_per_class=1, random_state=spec.seed,
@@ -225,7 +235,13 @@ def prepare(
         raise DataError(f"feature {names[col]!r} has {int(bad[:, col].sum())} NaN or infinite "
                         f"values (first at row {int(np.argmax(bad[:, col]))}); "
                         "clean or impute them first")
-    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise DataError(f"{len(y)} labels for {len(x)} rows: one label per row")
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise DataError(f"the labels hold {int((~np.isfinite(y)).sum())} NaN or infinite "
+                        "values; every row needs a class")
+    classes, y_idx = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"the labels hold {len(classes)} class"
                         f"{'' if len(classes) == 1 else 'es'}; a classifier needs at least 2")

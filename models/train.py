@@ -9,6 +9,7 @@ per-batch Python overhead costs more than the forward and backward passes.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -151,8 +152,9 @@ class TrainingRun:
         return metrics
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this run stopped."""
-        return {
+        """Everything needed to continue exactly where this run stopped: a snapshot (copies,
+        not the live tensors), so a state kept in memory does not change as training goes on."""
+        return copy.deepcopy({
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "seed": self.seed,
@@ -164,7 +166,7 @@ class TrainingRun:
             "model_config": asdict(self.model_config),
             "hparams": asdict(self.hparams),
             "shape": [self.n_features, self.n_classes],
-        }
+        })
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a checkpoint. The hyperparameters may differ (PBT perturbs them),
@@ -251,7 +253,7 @@ def fit(
         stop = callback(metrics, run) if callback else None
         if status == "diverged":
             break
-        if stop and run.epoch < epochs:
+        if stop is True and run.epoch < epochs:
             status = "early_stopped"
             break
     last = run.history[-1] if run.history else {}
