@@ -68,6 +68,10 @@ class Rule:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type is bool:
+            return "a bool (true or false)"
+        if self.type not in (int, float):
+            return f"a {self.type.__name__}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open or self.high is None else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"

@@ -155,6 +155,7 @@ class SearchSpace:
 
     parameters: tuple[Parameter, ...]
     source: str = "<dict>"
+    description: str | None = None
 
     @property
     def tuned(self) -> tuple[Parameter, ...]:
@@ -194,7 +195,10 @@ class SearchSpace:
         return {p.name: p.centre() if p.is_tuned else p.value for p in self.parameters}
 
     def to_dict(self) -> dict:
-        return {"parameters": {p.name: p.to_dict() for p in self.parameters}}
+        d = {"parameters": {p.name: p.to_dict() for p in self.parameters}}
+        if self.description is not None:
+            d["description"] = self.description
+        return d
 
     @classmethod
     def from_dict(
@@ -224,8 +228,11 @@ class SearchSpace:
                 source, "key 'parameters'",
                 f"must be a non-empty mapping of name -> spec, got {params!r}",
             )
+        description = data.get("description")
+        if description is not None and not isinstance(description, str):
+            raise SpecError(source, "key 'description'", f"must be text, got {description!r}")
         parsed = tuple(_parse_parameter(str(n), spec, source, rules) for n, spec in params.items())
-        return cls(parsed, source)
+        return cls(parsed, source, description)
 
     @classmethod
     def from_file(cls, path: str | Path, rules: Mapping | None = None) -> SearchSpace:
@@ -291,12 +298,14 @@ def _parse_parameter(name: str, spec: object, source: str, rules: Mapping | None
         for v in values:
             if isinstance(v, (Mapping, list)):
                 raise fail("choice", f"values must be scalars, got {v!r}")
-            if any(v == s and type(v) is type(s) for s in seen):
-                raise fail("choice", f"lists {v!r} twice; each value once")
+            if any(v == s for s in seen):  # 1, 1.0 and True are one value to Python
+                raise fail("choice", f"lists {v!r} twice (or a value equal to it); "
+                           "each value once")
             check_rule("choice", v)
             seen.append(v)
         default = spec.get("default")
-        if default is not None and default not in values:
+        if default is not None and not any(default == v and type(default) is type(v)
+                                           for v in values):
             raise fail("default", f"must be one of the choices {values}, got {default!r}")
         return ChoiceParameter(name, priority, values=tuple(values), default=default)
 
@@ -314,6 +323,8 @@ def _parse_parameter(name: str, spec: object, source: str, rules: Mapping | None
         type_name = "int" if rule is not None and rule.type is int else "float"
     if type_name not in ("float", "int"):
         raise fail("type", f"must be 'float' or 'int', got {type_name!r}")
+    if type_name == "float" and rule is not None and rule.type is int:
+        raise fail("type", f"the model says {name} must be an int; use type: int")
     if type_name == "int" and scale_name == "reverse_log":
         raise fail("type", "scale 'reverse_log' is for floats (momentum-like betas), not ints")
 
