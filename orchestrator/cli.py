@@ -215,6 +215,23 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args) -> int:
+    from orchestrator.sweepfile import load_sweep
+
+    spec = load_sweep(args.file)
+    if args.resume and args.fresh:
+        raise UsageError("--resume and --fresh exclude each other")
+    from orchestrator.sweep import SweepError, run_sweep
+
+    try:
+        summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
+                            fresh=args.fresh)
+    except SweepError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(summary["best"]))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
@@ -274,6 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own choice)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", parents=[common], help="run a sweep with Ray Tune",
+                       description="Run a whole study with Ray Tune: the sweep file's strategy, "
+                       "scheduler and budget, on a local Ray started in this process or on a "
+                       "cluster (--address). Progress goes to stderr; the best trial's JSON to "
+                       "stdout; summary.json and trials.csv to WORKDIR/NAME/.")
+    p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster to join, e.g. ray://HEAD:10001 (default: $RAY_ADDRESS, "
+                   "else Ray starts here on the local cores)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep whose driver died: finished trials are kept, "
+                   "unfinished ones continue from their last checkpoint")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: an earlier sweep of the same name is moved aside")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,171 @@
+"""The sweep's own record of its trials, written on the driver as Tune reports them.
+
+``<workdir>/<name>/trials.jsonl`` is an append-only event log: one ``start``
+line per trial (its config and round), one ``result`` line per reported epoch,
+one ``end`` line when it stops. It survives a driver crash, so a resumed sweep
+still knows the epochs that ran before; summary.json and trials.csv are built
+from it. Appending a line per epoch costs microseconds; nothing else is
+written per result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from orchestrator.strategies import ROUND_KEY
+
+REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+            "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",
+            "device", "gpu_name")
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class TrialLog:
+    """Reads and appends the event log; keeps the latest state of every trial."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.trials: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    self._apply(json.loads(line))
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by a crash
+        self._fh = None
+
+    def _apply(self, event: dict) -> None:
+        tid = event["trial_id"]
+        t = self.trials.setdefault(tid, {"trial_id": tid, "config": {}, "round": 0,
+                                         "history": {}, "status": "running", "error": None})
+        kind = event["event"]
+        if kind == "start":
+            t["config"] = event["config"]
+            t["round"] = event.get("round", 0)
+            if t["status"] != "running" and event.get("restarted"):
+                t["status"] = "running"
+        elif kind == "result":
+            t["history"][int(event["epoch"])] = event["metrics"]
+        elif kind == "end":
+            t["status"] = event["status"]
+            t["error"] = event.get("error")
+
+    def append(self, event: dict) -> None:
+        self._apply(event)
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", buffering=1)  # line-buffered: a line per write
+        self._fh.write(json.dumps(event, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def trial_status(trial_status_: str, last: dict, epochs: int, errored: bool) -> str:
+    """completed, early_stopped, diverged or failed, from how a trial ended."""
+    if errored:
+        return "failed"
+    if last.get("caviar_status") == "diverged":
+        return "diverged"
+    if int(last.get("epoch") or 0) >= epochs:
+        return "completed"
+    return "early_stopped"
+
+
+class RecordingCallback(Callback):
+    """Driver-side: writes the event log and prints a progress line.
+
+    Progress: a line whenever a trial ends, and at most every ``every`` seconds
+    otherwise: round, trials done/running/pending of the budget, best so far.
+    """
+
+    def __init__(self, log_path: str, metric: str, mode: str, epochs: int, budget: int,
+                 every: float = 10.0, stream=None):
+        self.log_path = log_path
+        self.metric, self.mode = metric, mode
+        self.epochs, self.budget = epochs, budget
+        self.every = every
+        self.stream = stream
+        self._log: TrialLog | None = None
+        self._last_print = 0.0
+
+    # Tune pickles callbacks with the experiment: keep the file handle out of it.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_log"] = None
+        state["stream"] = None
+        return state
+
+    @property
+    def log(self) -> TrialLog:
+        if self._log is None:
+            self._log = TrialLog(self.log_path)
+        return self._log
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = dict(trial.config)
+        self.log.append({"event": "start", "trial_id": trial.trial_id,
+                         "round": config.get(ROUND_KEY, 0), "config": config,
+                         "restarted": trial.trial_id in self.log.trials, "time": time.time()})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: _clean(result[k]) for k in REPORTED if k in result}
+        self.log.append({"event": "result", "trial_id": trial.trial_id,
+                         "epoch": result.get("epoch", result.get("training_iteration")),
+                         "metrics": metrics, "time": time.time()})
+        self._progress(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self.log.append({"event": "end", "trial_id": trial.trial_id,
+                         "status": trial_status(trial.status, last, self.epochs, False),
+                         "time": time.time()})
+        self._progress(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = getattr(trial, "error_file", None) or "error"
+        self.log.append({"event": "end", "trial_id": trial.trial_id, "status": "failed",
+                         "error": str(error), "time": time.time()})
+        self._progress(trials, force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self.log.close()
+
+    def best(self) -> tuple[str, float] | None:
+        best = None
+        for t in self.log.trials.values():
+            for m in t["history"].values():
+                v = m.get(self.metric)
+                if v is None:
+                    continue
+                if best is None or (v < best[1] if self.mode == "min" else v > best[1]):
+                    best = (t["trial_id"], v)
+        return best
+
+    def _progress(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_print < self.every:
+            return
+        self._last_print = now
+        states = [t.status for t in trials]
+        done = sum(s in ("TERMINATED", "ERROR") for s in states)
+        running = sum(s == "RUNNING" for s in states)
+        rounds = [t.config.get(ROUND_KEY, 0) for t in trials]
+        best = self.best()
+        best_txt = f"best {self.metric} {best[1]:.4g} ({best[0]})" if best else "no result yet"
+        print(f"caviar: round {max(rounds, default=0)} | trials {done} done, {running} running, "
+              f"{max(self.budget - done - running, 0)} pending of {self.budget} | {best_txt}",
+              file=self.stream or sys.stderr, flush=True)

@@ -1,0 +1,173 @@
+"""What a sweep leaves behind: summary.json, trials.csv and the table of its top trials.
+
+Built from the sweep's event log (records.py), which survives driver crashes,
+and the strategy's rounds (strategy.json).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.records import TrialLog
+from orchestrator.strategies import SEED_KEY
+from orchestrator.trainable import hyperparameters
+
+STATUSES = ("completed", "early_stopped", "diverged", "failed")
+
+
+def _best_epoch(history: dict, metric: str, mode: str) -> dict | None:
+    best = None
+    for epoch in sorted(history):
+        m = history[epoch]
+        v = m.get(metric)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            continue
+        if best is None or (v < best[metric] if mode == "min" else v > best[metric]):
+            best = {**m, "epoch": epoch}
+    return best
+
+
+def trial_rows(log: TrialLog, metric: str, mode: str, errors: dict | None = None) -> list[dict]:
+    """One row per trial: id, round, status, hyperparameters, best metric, epochs run."""
+    rows = []
+    for t in log.trials.values():
+        status = t["status"]
+        if errors and t["trial_id"] in errors:
+            status = "failed"
+        elif status not in STATUSES:
+            status = "failed"  # never ended: its worker died for good
+        best = _best_epoch(t["history"], metric, mode)
+        rows.append({
+            "trial_id": t["trial_id"],
+            "round": t["round"],
+            "status": status,
+            "config": hyperparameters(t["config"]),
+            "seed": t["config"].get(SEED_KEY),
+            "best": best,
+            "epochs": max(t["history"], default=0),
+            "history": t["history"],
+        })
+    return rows
+
+
+def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
+    scored = [r for r in rows if r["best"] is not None]
+    return sorted(scored, key=lambda r: r["best"][metric], reverse=mode == "max")
+
+
+def build_summary(spec, paths: dict, results, started: float) -> tuple[dict, list[dict]]:
+    """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
+    metric, mode = spec.metric["name"], spec.metric["mode"]
+    from orchestrator.sweep import LOG_FILE, STATE_FILE
+
+    log = TrialLog(paths["dir"] / LOG_FILE)
+    errors = {}
+    for r in results or []:
+        tid = (r.metrics or {}).get("trial_id")
+        if r.error is not None and tid:
+            errors[tid] = str(r.error)
+    rows = trial_rows(log, metric, mode, errors)
+    state_path = paths["dir"] / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    top = ranked(rows, metric, mode)
+    best = None
+    if top:
+        b = top[0]
+        best = {"trial_id": b["trial_id"], "config": b["config"], "seed": b["seed"],
+                "round": b["round"], "epoch": b["best"]["epoch"],
+                "metrics": {k: b["best"].get(k) for k in ("val_loss", "val_accuracy",
+                                                          "train_loss")},
+                "mlflow_run_id": None}
+    warnings = [e["message"] for e in state.get("edges", [])]
+    if rows and counts["diverged"] / len(rows) > 0.2:
+        warnings.append(f"{counts['diverged']} of {len(rows)} trials diverged: the space reaches "
+                        "infeasible values (often too high a learning rate); narrow it")
+    summary = {
+        "name": spec.name,
+        "strategy": spec.strategy["kind"],
+        "scheduler": spec.scheduler["kind"],
+        "metric": spec.metric,
+        "wall_seconds": round(time.time() - started, 3),
+        "trials": {"total": len(rows), **counts},
+        "best": best,
+        "rounds": state.get("rounds", []),
+        "warnings": warnings,
+        "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
+    }
+    return summary, rows
+
+
+def write_outputs(spec, paths: dict, summary: dict, rows: list[dict]) -> None:
+    """summary.json and trials.csv in ``<workdir>/<name>/``, each written atomically."""
+    out = paths["dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    metric = spec.metric["name"]
+    names = [p.name for p in spec.space.parameters]
+    tmp = out / "trials.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial_id", "round", "status", *names, f"best_{metric}", "best_epoch",
+                    "epochs", "seed"])
+        for r in sorted(rows, key=lambda r: (r["round"], r["trial_id"])):
+            b = r["best"] or {}
+            w.writerow([r["trial_id"], r["round"], r["status"],
+                        *[r["config"].get(n, "") for n in names], b.get(metric, ""),
+                        b.get("epoch", ""), r["epochs"], r["seed"]])
+    tmp.replace(out / "trials.csv")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_top(summary: dict, table: str = "", stream=None) -> None:
+    """The final report: counts, the table of top trials, the best configuration, warnings."""
+    stream = stream or sys.stderr
+    t = summary["trials"]
+    print(f"caviar: sweep {summary['name']!r} done in {summary['wall_seconds']:.1f} s: "
+          f"{t['total']} trials ({t['completed']} completed, {t['early_stopped']} early stopped, "
+          f"{t['diverged']} diverged, {t['failed']} failed)", file=stream)
+    best = summary.get("best")
+    if best is None:
+        print("caviar: no trial reported a result", file=stream)
+        return
+    if table:
+        print(table, file=stream)
+    for w in summary.get("warnings", []):
+        print(f"caviar: warning: {w}", file=stream)
+    m = best["metrics"]
+    print(f"caviar: best trial {best['trial_id']} (round {best['round']}, epoch "
+          f"{best['epoch']}): val_loss {_fmt(m['val_loss'])}, val_accuracy "
+          f"{_fmt(m['val_accuracy'])}", file=stream)
+    print("caviar: best config " + json.dumps(best["config"]), file=stream)
+
+
+def top_table(rows: list[dict], metric: str, mode: str, n: int = 5) -> str:
+    """A plain-text table of the ``n`` best trials."""
+    top = ranked(rows, metric, mode)[:n]
+    if not top:
+        return ""
+    names = list(top[0]["config"])
+    header = ["rank", "trial", "round", "status", metric, "epochs", *names]
+    lines = [header]
+    for i, r in enumerate(top, 1):
+        lines.append([str(i), r["trial_id"], str(r["round"]), r["status"],
+                      _fmt(r["best"][metric]), str(r["epochs"]),
+                      *[_fmt(r["config"].get(k, "")) for k in names]])
+    widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines)

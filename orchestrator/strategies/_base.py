@@ -1,0 +1,213 @@
+"""The small interface every caviar strategy implements, as a Ray Tune Searcher.
+
+Strategies work in unit space: they pick points of [0, 1]^d (d = the space's
+tuned parameters) and the space turns each point into a configuration on the
+parameters' own scales. So no strategy knows or cares which scale a parameter
+has.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from searchspaces import SearchSpace
+
+ROUND_KEY = "_round"  # in each trial's config: which coarse-to-fine round it belongs to
+SEED_KEY = "_seed"  # in each trial's config: the trial's own seed, so it can be re-run
+
+
+@dataclass
+class TrialRecord:
+    """What a strategy remembers of one trial."""
+
+    round: int
+    unit: list[float]
+    config: dict
+    score: float | None = None  # best metric over its epochs, None until it reports
+    done: bool = False
+    error: bool = False
+
+
+@dataclass
+class RoundRecord:
+    """One round: the box its points were drawn from (per tuned parameter, in unit space)."""
+
+    round: int
+    box: dict = field(default_factory=dict)  # name -> [lo, hi] in unit space
+    choices: dict = field(default_factory=dict)  # choice name -> allowed values
+    trials: int = 0
+
+
+class Strategy(Searcher):
+    """Base of caviar's strategies.
+
+    When Ray Tune calls each method:
+
+    - ``suggest(trial_id)``: whenever it has room for another trial. Returns a
+      configuration, ``None`` ("not now": e.g. a coarse-to-fine round is still
+      running), or ``Searcher.FINISHED`` (the budget is spent).
+    - ``on_trial_result(trial_id, result)``: after every epoch a trial reports.
+    - ``on_trial_complete(trial_id, result, error)``: once per trial, when it
+      ends: completed, stopped early by the scheduler, or failed.
+    - ``save(path)`` / ``restore(path)``: with each experiment checkpoint, and on
+      ``--resume``, so a resumed sweep goes on where it was.
+
+    Subclasses implement ``_next(trial_id)`` (a unit point and its round, None
+    or FINISHED) and may override ``_on_complete``.
+    """
+
+    kind = ""
+
+    def __init__(self, space: SearchSpace, metric: str, mode: str, budget: int, seed: int,
+                 state_file: str | os.PathLike | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.budget = int(budget)
+        self.seed = int(seed)
+        self.state_file = str(state_file) if state_file else None
+        self.trials: dict[str, TrialRecord] = {}
+        self.rounds: list[RoundRecord] = []
+
+    # -- Ray Tune's interface ------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if metric:
+            self._metric = metric
+        if mode:
+            self._mode = mode
+        return True
+
+    def suggest(self, trial_id: str):
+        if len(self.trials) >= self.budget:
+            return Searcher.FINISHED
+        nxt = self._next(trial_id)
+        if nxt is None or nxt == Searcher.FINISHED:
+            return nxt
+        round_, unit = nxt
+        config = self.space.config_from_unit(unit)
+        trial_seed = self.seed * 100_003 + len(self.trials)
+        self.trials[trial_id] = TrialRecord(round_, [float(u) for u in unit], dict(config))
+        if self.rounds and self.rounds[-1].round == round_:
+            self.rounds[-1].trials += 1
+        return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        rec = self.trials.get(trial_id)
+        if rec is not None:
+            rec.score = self._better(rec.score, result.get(self.metric))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            return
+        if result:
+            rec.score = self._better(rec.score, result.get(self.metric))
+        rec.done, rec.error = True, bool(error)
+        self._on_complete(trial_id)
+        self.write_state()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self._state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self._load_state(pickle.load(f))
+
+    # -- for subclasses ------------------------------------------------------------------
+
+    def _next(self, trial_id: str):
+        raise NotImplementedError
+
+    def _on_complete(self, trial_id: str) -> None:
+        """Called after a trial is marked done; coarse-to-fine closes rounds here."""
+
+    def _state(self) -> dict:
+        return {"trials": self.trials, "rounds": self.rounds, "metric": self._metric,
+                "mode": self._mode}
+
+    def _load_state(self, state: dict) -> None:
+        self.trials = state["trials"]
+        self.rounds = state["rounds"]
+        self._metric, self._mode = state["metric"], state["mode"]
+
+    # -- shared helpers ------------------------------------------------------------------
+
+    def worst(self) -> float:
+        return math.inf if self.mode == "min" else -math.inf
+
+    def score_of(self, rec: TrialRecord) -> float:
+        """A trial's score for ranking: failed, diverged or silent trials rank last."""
+        s = rec.score
+        return self.worst() if s is None or not math.isfinite(s) else s
+
+    def ranked(self, records) -> list[TrialRecord]:
+        return sorted(records, key=self.score_of, reverse=self.mode == "max")
+
+    def _better(self, old: float | None, new) -> float | None:
+        if new is None:
+            return old
+        try:
+            new = float(new)
+        except (TypeError, ValueError):
+            return old
+        if math.isnan(new):
+            new = self.worst()
+        if old is None:
+            return new
+        return min(old, new) if self.mode == "min" else max(old, new)
+
+    def report(self) -> dict:
+        """What the sweep's summary needs: rounds with their boxes (in values), edges."""
+        rounds = []
+        for r in self.rounds:
+            box = {}
+            for p in self.space.tuned:
+                if p.name in r.choices:
+                    box[p.name] = list(r.choices[p.name])
+                elif p.name in r.box:
+                    lo, hi = r.box[p.name]
+                    box[p.name] = [p.from_unit(lo), p.from_unit(hi)]
+            rounds.append({"round": r.round, "trials": r.trials, "box": box})
+        return {"strategy": self.kind, "rounds": rounds, "edges": self.edges()}
+
+    def edges(self, margin: float = 0.05) -> list[dict]:
+        """Tuned numeric parameters whose best value lies within ``margin`` of the space's edge.
+
+        The playbook's warning: the best point is on the boundary, widen the space.
+        """
+        done = [r for r in self.trials.values() if r.done and r.score is not None]
+        if not done:
+            return []
+        best = self.ranked(done)[0]
+        out = []
+        for p, u in zip(self.space.tuned, best.unit):
+            if not hasattr(p, "scale"):
+                continue
+            side = "lower" if u <= margin else "upper" if u >= 1 - margin else None
+            if side:
+                value = best.config[p.name]
+                out.append({"parameter": p.name, "edge": side, "value": value,
+                            "message": f"best {p.name} is on the {side} edge ({value:.4g} of "
+                                       f"[{p.scale.low:g}, {p.scale.high:g}]): widen the space"})
+        return out
+
+    def write_state(self) -> None:
+        """Writes ``report()`` as JSON beside the sweep, for the driver's summary."""
+        if not self.state_file:
+            return
+        path = Path(self.state_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        report = self.report()
+        report["trials"] = {tid: asdict(rec) for tid, rec in self.trials.items()}
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        tmp.replace(path)

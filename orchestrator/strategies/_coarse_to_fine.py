@@ -1,0 +1,117 @@
+"""Coarse to fine: sample the whole space, then zoom in on where the best trials were.
+
+Round 0 samples the whole space. When every trial of a round has ended, the
+top ``keep`` fraction of all finished trials defines a box in unit space (per
+parameter: their min and max, widened by ``margin``, clipped to [0, 1]); choices
+narrow to the values those trials used. The next round samples inside the box.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ray.tune.search import Searcher
+
+from orchestrator.strategies._base import RoundRecord, Strategy
+from searchspaces import ChoiceParameter
+from searchspaces.sampling import quasi_random_unit, random_unit
+
+
+class _Box:
+    """Per tuned parameter: an interval of unit space, or for a choice the allowed values."""
+
+    def __init__(self, intervals: dict, choices: dict):
+        self.intervals = intervals  # name -> [lo, hi]
+        self.choices = choices  # name -> [values]
+
+    @classmethod
+    def whole(cls, space) -> _Box:
+        intervals, choices = {}, {}
+        for p in space.tuned:
+            if isinstance(p, ChoiceParameter):
+                choices[p.name] = list(p.values)
+            else:
+                intervals[p.name] = [0.0, 1.0]
+        return cls(intervals, choices)
+
+    def place(self, space, u: np.ndarray) -> list[float]:
+        """Maps a point of the unit cube into this box."""
+        out = []
+        for p, x in zip(space.tuned, u):
+            if p.name in self.choices:
+                allowed = self.choices[p.name]
+                value = allowed[min(int(x * len(allowed)), len(allowed) - 1)]
+                out.append(p.to_unit(value))
+            else:
+                lo, hi = self.intervals[p.name]
+                out.append(lo + float(x) * (hi - lo))
+        return out
+
+
+class CoarseToFineStrategy(Strategy):
+    kind = "coarse_to_fine"
+
+    def __init__(self, space, metric, mode, rounds: int, trials_per_round: int,
+                 keep: float = 0.25, margin: float = 0.1, sampler: str = "random",
+                 seed: int = 0, state_file=None):
+        super().__init__(space, metric, mode, rounds * trials_per_round, seed, state_file)
+        self.n_rounds = rounds
+        self.per_round = trials_per_round
+        self.keep = keep
+        self.margin = margin
+        self.sampler = sampler
+        self.round = 0
+        self.box = _Box.whole(space)
+        self.rounds = [RoundRecord(0, dict(self.box.intervals), dict(self.box.choices))]
+        self.edge_margin = margin
+
+    def _draws(self, round_: int) -> np.ndarray:
+        """The round's points in the unit cube, from (seed, round): the same after a resume."""
+        d, n, seed = len(self.space.tuned), self.per_round, self.seed * 1000 + round_
+        if self.sampler == "quasi_random":
+            return quasi_random_unit(d, n, seed)
+        return random_unit(d, n, seed)
+
+    def _in_round(self, round_: int) -> list:
+        return [r for r in self.trials.values() if r.round == round_]
+
+    def _next(self, trial_id: str):
+        current = self._in_round(self.round)
+        if len(current) < self.per_round:
+            u = self._draws(self.round)[len(current)]
+            return self.round, self.box.place(self.space, u)
+        if not all(r.done for r in current):
+            return None  # wait for the round to end before zooming in
+        if self.round + 1 >= self.n_rounds:
+            return Searcher.FINISHED
+        self._zoom()
+        return self._next(trial_id)
+
+    def _zoom(self) -> None:
+        """Closes the round: the next box from the top ``keep`` fraction of finished trials."""
+        finished = [r for r in self.trials.values() if r.done]
+        ranked = self.ranked(finished)
+        top = ranked[:max(1, math.ceil(self.keep * len(ranked)))]
+        intervals, choices = {}, {}
+        for i, p in enumerate(self.space.tuned):
+            if isinstance(p, ChoiceParameter):
+                used = {repr(r.config[p.name]) for r in top}
+                choices[p.name] = [v for v in p.values if repr(v) in used]
+            else:
+                coords = [r.unit[i] for r in top]
+                intervals[p.name] = [max(0.0, min(coords) - self.margin),
+                                     min(1.0, max(coords) + self.margin)]
+        self.round += 1
+        self.box = _Box(intervals, choices)
+        self.rounds.append(RoundRecord(self.round, intervals, choices))
+
+    def edges(self, margin: float | None = None) -> list[dict]:
+        return super().edges(self.edge_margin if margin is None else margin)
+
+    def _state(self) -> dict:
+        return {**super()._state(), "round": self.round, "box": self.box}
+
+    def _load_state(self, state: dict) -> None:
+        super()._load_state(state)
+        self.round, self.box = state["round"], state["box"]

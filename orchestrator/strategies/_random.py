@@ -1,0 +1,36 @@
+"""Random and quasi-random search: every trial independent, drawn from the whole space."""
+
+from __future__ import annotations
+
+from orchestrator.strategies._base import RoundRecord, Strategy
+from searchspaces.sampling import quasi_random_unit, random_unit
+
+
+class RandomStrategy(Strategy):
+    """Points uniform in unit space (each parameter on its own scale), seeded.
+
+    The points are drawn up front from the seed, so a resumed sweep suggests
+    exactly the points a sweep that never stopped would have.
+    """
+
+    kind = "random"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.points = self._points()
+        self.rounds = [RoundRecord(0, {p.name: [0.0, 1.0] for p in self.space.tuned})]
+
+    def _points(self):
+        return random_unit(len(self.space.tuned), self.budget, self.seed)
+
+    def _next(self, trial_id: str):
+        return 0, self.points[len(self.trials)]
+
+
+class QuasiRandomStrategy(RandomStrategy):
+    """A scrambled Halton sequence: random-like, but fills the space more evenly."""
+
+    kind = "quasi_random"
+
+    def _points(self):
+        return quasi_random_unit(len(self.space.tuned), self.budget, self.seed)

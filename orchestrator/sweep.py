@@ -1,0 +1,185 @@
+"""Running a sweep: a whole study on Ray Tune, from the sweep file to summary.json.
+
+Embedded default: Ray started in-process on the local cores (dashboard off),
+trial storage in ``<workdir>/ray/``. With ``address`` (or ``RAY_ADDRESS``) it
+joins an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# Fast by default: caviar keeps its own records (and MLflow), so Ray's automatic
+# JSON/CSV/TensorBoard loggers only cost time. Set before Tune builds its callbacks.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from models.data import load as load_data  # noqa: E402
+from orchestrator.records import RecordingCallback  # noqa: E402
+from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
+from orchestrator.strategies import make_strategy  # noqa: E402
+from orchestrator.sweepfile import SweepSpec  # noqa: E402
+from orchestrator.trainable import train_trial  # noqa: E402
+from searchspaces import SpecError  # noqa: E402
+
+STATE_FILE = "strategy.json"
+LOG_FILE = "trials.jsonl"
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders (Ray's default packs the whole config into the name)."""
+    return f"trial_{trial.trial_id}"
+
+
+class SweepError(Exception):
+    """The sweep cannot start or go on; the message says why and what to do (exit 2)."""
+
+
+def sweep_paths(spec: SweepSpec, workdir: str | Path) -> dict[str, Path]:
+    workdir = Path(workdir).resolve()
+    return {"workdir": workdir, "dir": workdir / spec.name, "storage": workdir / "ray",
+            "experiment": workdir / "ray" / spec.name}
+
+
+def connect(address: str | None = None, quiet: bool = True) -> None:
+    """Joins a Ray cluster (``address`` / RAY_ADDRESS), else starts Ray in this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": "ERROR", "log_to_driver": not quiet}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Refuses resources no node of the cluster can ever give (instead of pending forever)."""
+    cpu, gpu = spec.resources["cpu"], spec.resources["gpu"]
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+        return
+    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    raise SpecError(spec.source, "key 'resources'",
+                    f"each trial asks for cpu: {cpu:g}, gpu: {gpu:g}, but no node of the "
+                    f"cluster has that much ({len(nodes)} node(s); the largest has "
+                    f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU). "
+                    "Lower the request, or run on a cluster with such nodes")
+
+
+def make_scheduler(spec: SweepSpec):
+    """fifo, asha or pbt, from the sweep's (checked) ``scheduler:`` section."""
+    s = spec.scheduler
+    if s["kind"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs,
+                             grace_period=s["grace_epochs"], reduction_factor=s["reduction_factor"])
+    if s["kind"] == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        space = spec.space
+        names = s["hyperparameters"]
+        rng_seed = spec.seed
+
+        def resample(name):
+            import numpy as np
+
+            rng = np.random.default_rng()
+            return lambda: space[name].from_unit(float(rng.random()))
+
+        def clip(config: dict) -> dict:
+            # PBT multiplies values by 0.8 or 1.2: bring them back inside the declared space
+            # (momentum 0.99 * 1.2 is not a momentum).
+            for name in names:
+                p = space[name]
+                if hasattr(p, "scale"):
+                    config[name] = p.from_unit(min(1.0, max(0.0, p.to_unit(
+                        min(max(config[name], p.scale.low), p.scale.high)))))
+            return config
+
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=s["perturbation_interval"],
+            hyperparam_mutations={n: resample(n) for n in names},
+            quantile_fraction=s["quantile_fraction"], custom_explore_fn=clip,
+            synch=False, seed=rng_seed)
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
+              address: str | None = None, resume: bool = False, fresh: bool = False,
+              stream=None) -> dict:
+    """Runs the sweep; writes summary.json and trials.csv; returns the summary.
+
+    Args:
+        spec: the checked sweep file.
+        workdir: where the sweep's folder and Ray's trial storage live.
+        address: a Ray cluster to join (else RAY_ADDRESS, else a local Ray).
+        resume: continue the sweep whose driver died (Tuner.restore).
+        fresh: move an earlier sweep of the same name aside and start over.
+    """
+    stream = stream or sys.stderr
+    paths = sweep_paths(spec, workdir)
+    exp = paths["experiment"]
+    started = time.time()
+    if resume:
+        if not tune.Tuner.can_restore(str(exp)):
+            raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths['workdir']} "
+                             "(run it without --resume)")
+    elif exp.exists() or (paths["dir"] / LOG_FILE).exists():
+        if not fresh:
+            raise SweepError(f"sweep {spec.name!r} already exists in {paths['workdir']}: "
+                             "--resume to continue it, --fresh to start over (the old one is "
+                             "moved aside), or change 'name'")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for p in (exp, paths["dir"]):
+            if p.exists():
+                shutil.move(str(p), str(p.with_name(f"{p.name}.old-{stamp}")))
+
+    data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
+    connect(address)
+    check_resources(spec)
+    paths["dir"].mkdir(parents=True, exist_ok=True)
+
+    metric, mode = spec.metric["name"], spec.metric["mode"]
+    strategy = make_strategy(spec.strategy, spec.space, metric, mode, spec.seed,
+                             state_file=paths["dir"] / STATE_FILE)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, model=spec.model, epochs=spec.epochs,
+                             cpus=spec.resources["cpu"]),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+    recorder = RecordingCallback(str(paths["dir"] / LOG_FILE), metric, mode, spec.epochs,
+                                 strategy.budget, stream=stream)
+    print(f"caviar: sweep {spec.name!r}: {spec.strategy['kind']} over {strategy.budget} trials, "
+          f"scheduler {spec.scheduler['kind']}, {spec.epochs} epochs, metric {metric} ({mode}); "
+          f"{'resuming' if resume else 'records in'} {paths['dir']}", file=stream, flush=True)
+    if resume:
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=strategy, scheduler=make_scheduler(spec), metric=metric, mode=mode,
+                num_samples=strategy.budget, max_concurrent_trials=spec.resources["concurrency"],
+                reuse_actors=True, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=str(paths["storage"]), verbose=0,
+                callbacks=[recorder],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=2)),
+        )
+    results = tuner.fit()
+    summary, rows = build_summary(spec, paths, results, started)
+    write_outputs(spec, paths, summary, rows)
+    print_top(summary, top_table(rows, metric, mode), stream=stream)
+    return summary
