@@ -22,7 +22,7 @@ from orchestrator.strategies import ROUND_KEY
 
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
             "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",
-            "device", "gpu_name")
+            "node_id", "gpu_ids", "device", "gpu_name", "pid")
 
 
 def _clean(v):

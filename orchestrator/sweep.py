@@ -155,7 +155,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                              state_file=paths["dir"] / STATE_FILE)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, model=spec.model, epochs=spec.epochs,
-                             cpus=spec.resources["cpu"]),
+                             cpus=spec.resources["cpu"], trials_dir=str(exp)),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     recorder = RecordingCallback(str(paths["dir"] / LOG_FILE), metric, mode, spec.epochs,
                                  strategy.budget, stream=stream)

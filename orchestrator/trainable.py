@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 
 from models.config import split_config
@@ -26,6 +27,10 @@ META_PREFIX = "_"  # config keys the strategies add (round, seed): not hyperpara
 def hyperparameters(config: dict) -> dict:
     """A trial's hyperparameters: its config without caviar's bookkeeping keys."""
     return {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
+
+
+def _trial_id() -> str:
+    return tune.get_context().get_trial_id()
 
 
 def _device() -> str:
@@ -46,7 +51,29 @@ def _gpu_name(device: str) -> str:
     return torch.cuda.get_device_name(0)
 
 
-def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float) -> None:
+def newest_checkpoint(trial_dir: str | os.PathLike | None) -> dict | None:
+    """The readable checkpoint of the most epochs in a trial's storage folder.
+
+    Tune restores a trial from the last checkpoint its experiment snapshot knew
+    of; after a driver SIGKILL that snapshot can lag the trial by a few epochs.
+    The trial's folder holds its newer checkpoints too: take the newest that
+    reads whole (one cut off mid-copy by the crash is skipped).
+    """
+    if not trial_dir or not Path(trial_dir).is_dir():
+        return None
+    best = None
+    for path in Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+        try:
+            state = load_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a partial file from a crash: skip it
+            continue
+        if best is None or state["epoch"] > best["epoch"]:
+            best = state
+    return best
+
+
+def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
+                trials_dir: str | None = None) -> None:
     """Trains one configuration; Tune calls it with the trial's config.
 
     Args:
@@ -55,27 +82,53 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float) ->
         model: the sweep's fixed net settings.
         epochs: the epochs each trial trains (schedulers may stop it sooner).
         cpus: CPUs the trial holds: torch gets one thread per CPU.
+        trials_dir: the experiment's storage folder, where trial folders are
+            ``trial_<id>`` (see ``newest_checkpoint``).
     """
     model_config, hparams = split_config({**model, **hyperparameters(config)})
-    resume = None
+    resume, donor, known = None, False, 0
     checkpoint = tune.get_checkpoint()
+    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        known = resume["epoch"]
+        # A PBT exploit hands over another trial's checkpoint: that one must win.
+        donor = own_dir is not None and Path(checkpoint.path).parent.name != own_dir.name
+    replay = []
+    if not donor:
+        newer = newest_checkpoint(own_dir)
+        if newer is not None and (resume is None or newer["epoch"] > resume["epoch"]):
+            resume = newer
+            # Epochs that ran but whose results the (dead) driver never recorded.
+            replay = newer["history"][known:]
     device = _device()
     node = {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
             "device": device, "gpu_name": _gpu_name(device), "pid": os.getpid()}
 
-    def report(metrics: dict, run) -> None:
+    def result(metrics: dict) -> dict:
         diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
         out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
                for k, v in metrics.items()}
         out["caviar_status"] = "diverged" if diverged else (
-            "completed" if run.epoch >= epochs else "running")
+            "completed" if metrics["epoch"] >= epochs else "running")
         out.update(node)
+        return out
+
+    def send(metrics: dict, save) -> None:
         with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as d:
-            run.save_checkpoint(Path(d) / CHECKPOINT_FILE)
-            tune.report(out, checkpoint=tune.Checkpoint.from_directory(d))
+            save(Path(d) / CHECKPOINT_FILE)
+            tune.report(result(metrics), checkpoint=tune.Checkpoint.from_directory(d))
+
+    # Replayed one report per epoch, so Tune's training_iteration stays equal to the
+    # epoch (ASHA's rungs count iterations).
+    for metrics in replay[:-1]:
+        tune.report(result(metrics))
+    if replay:
+        send(replay[-1], lambda path: torch.save(resume, path))
 
     fit(data, model_config, hparams, epochs=epochs, seed=int(config.get("_seed", 0)),
-        device=device, callback=report, resume_from=resume, num_threads=max(1, int(cpus)))
+        device=device, callback=lambda metrics, run: send(metrics, run.save_checkpoint),
+        resume_from=resume, num_threads=max(1, int(cpus)))

@@ -45,6 +45,19 @@ class RoundRecord:
     trials: int = 0
 
 
+def whole_space_round(space: SearchSpace) -> RoundRecord:
+    """Round 0 of a strategy that samples the whole space: every interval, every choice."""
+    from searchspaces import ChoiceParameter
+
+    intervals, choices = {}, {}
+    for p in space.tuned:
+        if isinstance(p, ChoiceParameter):
+            choices[p.name] = list(p.values)
+        else:
+            intervals[p.name] = [0.0, 1.0]
+    return RoundRecord(0, intervals, choices)
+
+
 class Strategy(Searcher):
     """Base of caviar's strategies.
 
@@ -147,7 +160,7 @@ class Strategy(Searcher):
     def score_of(self, rec: TrialRecord) -> float:
         """A trial's score for ranking: failed, diverged or silent trials rank last."""
         s = rec.score
-        return self.worst() if s is None or not math.isfinite(s) else s
+        return self.worst() if rec.error or s is None or not math.isfinite(s) else s
 
     def ranked(self, records) -> list[TrialRecord]:
         return sorted(records, key=self.score_of, reverse=self.mode == "max")
@@ -184,7 +197,7 @@ class Strategy(Searcher):
 
         The playbook's warning: the best point is on the boundary, widen the space.
         """
-        done = [r for r in self.trials.values() if r.done and r.score is not None]
+        done = [r for r in self.trials.values() if r.done and math.isfinite(self.score_of(r))]
         if not done:
             return []
         best = self.ranked(done)[0]

@@ -6,7 +6,7 @@ k*k trials try only k values of the one that matters.
 
 from __future__ import annotations
 
-from orchestrator.strategies._base import RoundRecord, Strategy
+from orchestrator.strategies._base import Strategy, whole_space_round
 from searchspaces.sampling import grid_unit
 
 
@@ -18,7 +18,7 @@ class GridStrategy(Strategy):
         d = len(space.tuned)
         self.points = grid_unit(space, points_per_parameter ** d if d else 1)
         super().__init__(space, metric, mode, len(self.points), seed, state_file)
-        self.rounds = [RoundRecord(0, {p.name: [0.0, 1.0] for p in space.tuned})]
+        self.rounds = [whole_space_round(space)]
 
     def _next(self, trial_id: str):
         return 0, self.points[len(self.trials)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.strategies._base import RoundRecord, Strategy
+from orchestrator.strategies._base import Strategy, whole_space_round
 from searchspaces.sampling import quasi_random_unit, random_unit
 
 
@@ -18,7 +18,7 @@ class RandomStrategy(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.points = self._points()
-        self.rounds = [RoundRecord(0, {p.name: [0.0, 1.0] for p in self.space.tuned})]
+        self.rounds = [whole_space_round(self.space)]
 
     def _points(self):
         return random_unit(len(self.space.tuned), self.budget, self.seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray import tune
 
-from orchestrator.strategies._base import RoundRecord, Strategy
+from orchestrator.strategies._base import Strategy, whole_space_round
 
 
 def _coord(i: int) -> str:
@@ -27,7 +27,7 @@ class TpeStrategy(Strategy):
         unit_space = {_coord(i): tune.uniform(0.0, 1.0) for i in range(len(space.tuned))}
         self.inner = OptunaSearch(unit_space, metric=metric, mode=mode,
                                   sampler=TPESampler(seed=seed))
-        self.rounds = [RoundRecord(0, {p.name: [0.0, 1.0] for p in space.tuned})]
+        self.rounds = [whole_space_round(space)]
 
     def _next(self, trial_id: str):
         point = self.inner.suggest(trial_id)
@@ -59,8 +59,9 @@ class TpeStrategy(Strategy):
         return 1e12 if self.mode == "min" else -1e12
 
     def _state(self) -> dict:
-        return {**super()._state(), "inner": self.inner.get_state()}
+        # OptunaSearch has no get_state; its own save() pickles its __dict__ (the study).
+        return {**super()._state(), "inner": self.inner.__dict__.copy()}
 
     def _load_state(self, state: dict) -> None:
         super()._load_state(state)
-        self.inner.set_state(state["inner"])
+        self.inner.__dict__.update(state["inner"])

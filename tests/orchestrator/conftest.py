@@ -1,0 +1,51 @@
+"""Shared fixtures for the orchestrator tests: sweep files, and Ray shut down after each test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sweep_dict(**overrides) -> dict:
+    """A small, fast sweep: synthetic data, two tuned parameters, random search."""
+    d = {
+        "name": "t",
+        "data": {"source": "synthetic", "size": 1200, "n_features": 12, "classes": 3},
+        "space": {"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
+                  "hidden_units": {"scale": "linear", "type": "int", "low": 16, "high": 64}},
+        "strategy": {"kind": "random", "trials": 4},
+        "epochs": 4,
+        "resources": {"cpu": 1, "concurrency": 2},
+        "seed": 0,
+    }
+    d.update(overrides)
+    return d
+
+
+@pytest.fixture
+def write_sweep(tmp_path):
+    def write(name: str = "sweep.yaml", **overrides) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(sweep_dict(**overrides)))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def ray_shutdown():
+    """Shuts down whatever Ray the test started, so the next test starts clean."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

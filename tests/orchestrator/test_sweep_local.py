@@ -1,0 +1,103 @@
+"""Sweeps on the embedded default: Ray started in this process, real Tune, real trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import read_events
+
+from orchestrator.sweep import SweepError, run_sweep
+from orchestrator.sweepfile import load_sweep
+from searchspaces import SpecError
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_random_sweep_writes_summary_and_trials_csv(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep())
+    summary = run_sweep(spec, tmp_path / "w")
+    out = tmp_path / "w" / "t"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    # DESIGN.md's contract
+    for key in ("name", "strategy", "wall_seconds", "trials", "best", "rounds", "mlflow"):
+        assert key in on_disk
+    assert on_disk["trials"]["total"] == 4
+    assert sum(on_disk["trials"][s] for s in ("completed", "early_stopped", "diverged",
+                                              "failed")) == 4
+    best = on_disk["best"]
+    assert set(best["config"]) == {"lr", "hidden_units"}
+    assert 0 < best["metrics"]["val_loss"] < 5 and 0 <= best["metrics"]["val_accuracy"] <= 1
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 4
+    assert {"trial_id", "round", "status", "lr", "hidden_units", "best_val_loss",
+            "epochs"} <= set(rows[0])
+    assert all(r["status"] == "completed" and r["epochs"] == "4" for r in rows)
+    # the best row of the csv is the summary's best
+    best_row = min(rows, key=lambda r: float(r["best_val_loss"]))
+    assert best_row["trial_id"] == best["trial_id"]
+    # every epoch of every trial is in the event log, once
+    events = read_events(out / "trials.jsonl")
+    epochs = sorted((e["trial_id"], e["epoch"]) for e in events if e["event"] == "result")
+    assert len(epochs) == len(set(epochs)) == 16
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_coarse_to_fine_with_asha_records_rounds_and_boxes(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(
+        strategy={"kind": "coarse_to_fine", "rounds": 2, "trials_per_round": 4, "keep": 0.5,
+                  "margin": 0.05},
+        scheduler={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2}, epochs=4))
+    summary = run_sweep(spec, tmp_path / "w")
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert [r["trials"] for r in summary["rounds"]] == [4, 4]
+    lo0, hi0 = summary["rounds"][0]["box"]["lr"]
+    lo1, hi1 = summary["rounds"][1]["box"]["lr"]
+    assert (lo0, hi0) == pytest.approx((1e-3, 0.3))
+    assert lo0 <= lo1 < hi1 <= hi0 and (hi1 / lo1) < (hi0 / lo0)
+    assert summary["trials"]["total"] == 8
+    rows = list(csv.DictReader((tmp_path / "w" / "t" / "trials.csv").open()))
+    assert sorted(int(r["round"]) for r in rows) == [0] * 4 + [1] * 4
+    # round 1's trials lie inside round 1's box
+    for r in rows:
+        if r["round"] == "1":
+            assert lo1 - 1e-12 <= float(r["lr"]) <= hi1 + 1e-12
+    # ASHA stops some trials early at reduction factor 2
+    assert summary["trials"]["early_stopped"] >= 1
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_diverging_trial_is_recorded_as_diverged(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(
+        model={"batch_norm": False},
+        space={"lr": {"scale": "log", "low": 1e5, "high": 1e6}, "optimizer": {"fixed": "sgd"}},
+        strategy={"kind": "random", "trials": 2}))
+    summary = run_sweep(spec, tmp_path / "w")
+    assert summary["trials"]["diverged"] == 2
+    assert any("diverged" in w for w in summary["warnings"])
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_resources_the_cluster_cannot_give_are_refused_before_any_trial(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(resources={"cpu": 1, "gpu": 1}))
+    with pytest.raises(SpecError, match=r"resources.*gpu: 1.*no node of the cluster"):
+        run_sweep(spec, tmp_path / "w")
+    assert not (tmp_path / "w" / "t" / "trials.jsonl").exists()
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_an_existing_sweep_needs_resume_or_fresh(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
+    run_sweep(spec, tmp_path / "w")
+    with pytest.raises(SweepError, match="already exists.*--resume.*--fresh"):
+        run_sweep(spec, tmp_path / "w")
+    summary = run_sweep(spec, tmp_path / "w", fresh=True)
+    assert summary["trials"]["total"] == 1
+    assert list((tmp_path / "w").glob("t.old-*"))  # moved aside, not deleted
+
+
+def test_resume_without_a_sweep_is_refused(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep())
+    with pytest.raises(SweepError, match="nothing to resume"):
+        run_sweep(spec, tmp_path / "w", resume=True)
