@@ -60,6 +60,8 @@ class TrialLog:
         elif kind == "end":
             t["status"] = event["status"]
             t["error"] = event.get("error")
+        elif kind == "forget":
+            del self.trials[tid]
 
     def append(self, event: dict) -> None:
         self._apply(event)
@@ -85,15 +87,40 @@ def trial_status(trial_status_: str, last: dict, epochs: int, errored: bool) -> 
     return "early_stopped"
 
 
+KEEP_CHECKPOINTS = 2
+ORPHANS = "orphans"  # checkpoints of trials a resumed Tune no longer knows
+PRUNE_AFTER_S = 30.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends
+
+
+def prune_checkpoints(trial_dir: Path, keep: int = KEEP_CHECKPOINTS) -> int:
+    """Deletes all but a trial's ``keep`` newest checkpoints; returns how many went."""
+    import shutil
+
+    found = sorted(Path(trial_dir).glob("checkpoint_*"), key=lambda p: p.name)
+    for old in found[:-keep] if keep else found:
+        shutil.rmtree(old, ignore_errors=True)
+    return max(len(found) - keep, 0)
+
+
 class RecordingCallback(Callback):
-    """Driver-side: writes the event log and prints a progress line.
+    """Driver-side: writes the event log, prints a progress line, prunes checkpoints.
 
     Progress: a line whenever a trial ends, and at most every ``every`` seconds
     otherwise: round, trials done/running/pending of the budget, best so far.
+
+    Checkpoints: Tune is told to keep them all, and this callback deletes all but
+    the last two of a trial a minute after it ends. Tune's own ``num_to_keep``
+    deletes a checkpoint as soon as a newer one arrives, while the experiment
+    snapshot that a resume reads may still name the deleted one: a driver killed
+    in that window leaves a trial that can never be restored (seen here with Ray
+    2.60). A running trial's checkpoints are kept, so any snapshot can be resumed.
     """
 
     def __init__(self, log_path: str, metric: str, mode: str, epochs: int, budget: int,
-                 every: float = 10.0, stream=None):
+                 every: float = 10.0, stream=None, trials_dir: str | None = None):
+        self.trials_dir = trials_dir
+        self._ended: dict[str, float] = {}
+        self._reconciled = False
         self.log_path = log_path
         self.metric, self.mode = metric, mode
         self.epochs, self.budget = epochs, budget
@@ -123,12 +150,41 @@ class RecordingCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: _clean(result[k]) for k in REPORTED if k in result}
-        self.log.append({"event": "result", "trial_id": trial.trial_id,
-                         "epoch": result.get("epoch", result.get("training_iteration")),
-                         "metrics": metrics, "time": time.time()})
+        event = {"event": "result", "trial_id": trial.trial_id,
+                 "epoch": result.get("epoch", result.get("training_iteration")),
+                 "metrics": metrics, "time": time.time()}
+        if result.get("caviar_replayed"):
+            event["replayed"] = True
+        self.log.append(event)
         self._progress(trials)
 
+    def on_step_begin(self, iteration, trials, **info):
+        if self._reconciled:
+            return
+        self._reconciled = True
+        # After a resume: trials the dead driver started after Tune's last experiment
+        # snapshot are unknown to Tune, whose strategy suggests them again (same config,
+        # same seed) under new ids. Forget the old ids, and set their checkpoints aside
+        # as orphans: the new trial adopts them (trainable.adopt_orphan) and goes on.
+        known = {t.trial_id for t in trials}
+        for tid in [t for t in self.log.trials if t not in known]:
+            self.log.append({"event": "forget", "trial_id": tid, "time": time.time()})
+            src = Path(self.trials_dir or "") / f"trial_{tid}"
+            if self.trials_dir and src.is_dir():
+                (Path(self.trials_dir) / ORPHANS).mkdir(exist_ok=True)
+                src.rename(Path(self.trials_dir) / ORPHANS / src.name)
+
+    def on_step_end(self, iteration, trials, **info):
+        if not self._ended or not self.trials_dir:
+            return
+        now = time.monotonic()
+        for tid, ended in list(self._ended.items()):
+            if now - ended > PRUNE_AFTER_S:
+                prune_checkpoints(Path(self.trials_dir) / f"trial_{tid}")
+                del self._ended[tid]
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended[trial.trial_id] = time.monotonic()
         last = trial.last_result or {}
         self.log.append({"event": "end", "trial_id": trial.trial_id,
                          "status": trial_status(trial.status, last, self.epochs, False),
@@ -136,6 +192,7 @@ class RecordingCallback(Callback):
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended[trial.trial_id] = time.monotonic()
         error = getattr(trial, "error_file", None) or "error"
         self.log.append({"event": "end", "trial_id": trial.trial_id, "status": "failed",
                          "error": str(error), "time": time.time()})

@@ -17,12 +17,16 @@ from pathlib import Path
 # JSON/CSV/TensorBoard loggers only cost time. Set before Tune builds its callbacks.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# The experiment snapshot a --resume starts from, every second (Ray's "auto" waits 10 s
+# or more): a driver killed loses at most a second of Tune's bookkeeping. Checkpoint
+# pruning (records.py) waits many periods after a trial ends.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
-from orchestrator.records import RecordingCallback  # noqa: E402
+from orchestrator.records import ORPHANS, RecordingCallback, prune_checkpoints  # noqa: E402
 from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweepfile import SweepSpec  # noqa: E402
@@ -158,7 +162,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                              cpus=spec.resources["cpu"], trials_dir=str(exp)),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     recorder = RecordingCallback(str(paths["dir"] / LOG_FILE), metric, mode, spec.epochs,
-                                 strategy.budget, stream=stream)
+                                 strategy.budget, stream=stream, trials_dir=str(exp))
     print(f"caviar: sweep {spec.name!r}: {spec.strategy['kind']} over {strategy.budget} trials, "
           f"scheduler {spec.scheduler['kind']}, {spec.epochs} epochs, metric {metric} ({mode}); "
           f"{'resuming' if resume else 'records in'} {paths['dir']}", file=stream, flush=True)
@@ -174,11 +178,17 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                 reuse_actors=True, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=str(paths["storage"]), verbose=0,
+                # The snapshot reaches storage at most a second late (Ray's default: 5 min).
+                sync_config=tune.SyncConfig(sync_period=1),
                 callbacks=[recorder],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # All kept while a trial runs; the recorder prunes to 2 (see its docstring).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     results = tuner.fit()
+    for trial_dir in exp.glob("trial_*"):  # the sweep is over: keep the last two of each
+        prune_checkpoints(trial_dir)
+    shutil.rmtree(exp / ORPHANS, ignore_errors=True)
     summary, rows = build_summary(spec, paths, results, started)
     write_outputs(spec, paths, summary, rows)
     print_top(summary, top_table(rows, metric, mode), stream=stream)

@@ -72,6 +72,31 @@ def newest_checkpoint(trial_dir: str | os.PathLike | None) -> dict | None:
     return best
 
 
+def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> dict | None:
+    """The newest checkpoint an orphaned trial (same seed, same configuration) left.
+
+    A driver killed within a second of starting a trial leaves a trial Tune's
+    snapshot never saw; on resume the strategy suggests it again under a new id,
+    and this new trial goes on from the orphan's checkpoints instead of epoch 0.
+    """
+    from dataclasses import asdict
+
+    from orchestrator.records import ORPHANS
+
+    if not trials_dir:
+        return None
+    best = None
+    for orphan in (Path(trials_dir) / ORPHANS).glob("trial_*"):
+        state = newest_checkpoint(orphan)
+        if state is None or state["seed"] != seed:
+            continue
+        if state["hparams"] != asdict(hparams) or state["model_config"] != asdict(model_config):
+            continue  # the strategy suggested something else this time: start afresh
+        if best is None or state["epoch"] > best["epoch"]:
+            best = state
+    return best
+
+
 def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
                 trials_dir: str | None = None) -> None:
     """Trains one configuration; Tune calls it with the trial's config.
@@ -102,6 +127,10 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
             resume = newer
             # Epochs that ran but whose results the (dead) driver never recorded.
             replay = newer["history"][known:]
+    seed = int(config.get("_seed", 0))
+    if resume is None:
+        resume = adopt_orphan(trials_dir, seed, model_config, hparams)
+        replay = resume["history"] if resume is not None else []
     device = _device()
     node = {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
@@ -112,6 +141,7 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
         out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
                for k, v in metrics.items()}
+        out.setdefault("caviar_replayed", False)
         out["caviar_status"] = "diverged" if diverged else (
             "completed" if metrics["epoch"] >= epochs else "running")
         out.update(node)
@@ -125,10 +155,10 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
     # Replayed one report per epoch, so Tune's training_iteration stays equal to the
     # epoch (ASHA's rungs count iterations).
     for metrics in replay[:-1]:
-        tune.report(result(metrics))
+        tune.report({**result(metrics), "caviar_replayed": True})
     if replay:
-        send(replay[-1], lambda path: torch.save(resume, path))
+        send({**replay[-1], "caviar_replayed": True}, lambda path: torch.save(resume, path))
 
-    fit(data, model_config, hparams, epochs=epochs, seed=int(config.get("_seed", 0)),
+    fit(data, model_config, hparams, epochs=epochs, seed=seed,
         device=device, callback=lambda metrics, run: send(metrics, run.save_checkpoint),
         resume_from=resume, num_threads=max(1, int(cpus)))
