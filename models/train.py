@@ -102,10 +102,11 @@ class TrainingRun:
         self.shuffle = torch.Generator().manual_seed(seed + 1)  # mini-batch order, on CPU
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
-        self.x_train = torch.as_tensor(data.x_train, device=device)
-        self.y_train = torch.as_tensor(data.y_train, device=device)
-        self.x_val = torch.as_tensor(data.x_val, device=device)
-        self.y_val = torch.as_tensor(data.y_val, device=device)
+        # torch.tensor copies: arrays from Ray's object store are read-only.
+        self.x_train = torch.tensor(data.x_train, device=device)
+        self.y_train = torch.tensor(data.y_train, device=device)
+        self.x_val = torch.tensor(data.x_val, device=device)
+        self.y_val = torch.tensor(data.y_val, device=device)
         self.n_features, self.n_classes = data.n_features, data.n_classes
 
     def train_epoch(self) -> dict:
@@ -154,7 +155,10 @@ class TrainingRun:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this run stopped: a snapshot (copies,
         not the live tensors), so a state kept in memory does not change as training goes on."""
-        return copy.deepcopy({
+        return copy.deepcopy(self._live_state())
+
+    def _live_state(self) -> dict:
+        return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "seed": self.seed,
@@ -166,7 +170,7 @@ class TrainingRun:
             "model_config": asdict(self.model_config),
             "hparams": asdict(self.hparams),
             "shape": [self.n_features, self.n_classes],
-        })
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a checkpoint. The hyperparameters may differ (PBT perturbs them),
@@ -197,7 +201,7 @@ class TrainingRun:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save(self._live_state(), tmp)  # written at once: no copy needed
         tmp.replace(path)
         return path
 

@@ -89,7 +89,7 @@ def trial_status(trial_status_: str, last: dict, epochs: int, errored: bool) -> 
 
 KEEP_CHECKPOINTS = 2
 ORPHANS = "orphans"  # checkpoints of trials a resumed Tune no longer knows
-PRUNE_AFTER_S = 30.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends
+PRUNE_AFTER_S = 60.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends
 
 
 def prune_checkpoints(trial_dir: Path, keep: int = KEEP_CHECKPOINTS) -> int:

@@ -17,10 +17,12 @@ from pathlib import Path
 # JSON/CSV/TensorBoard loggers only cost time. Set before Tune builds its callbacks.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# The experiment snapshot a --resume starts from, every second (Ray's "auto" waits 10 s
-# or more): a driver killed loses at most a second of Tune's bookkeeping. Checkpoint
-# pruning (records.py) waits many periods after a trial ends.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+# The experiment snapshot a --resume starts from, every 5 s (Ray's "auto" may stretch it).
+# What a killed driver did after its last snapshot is not lost: trials Tune never saw
+# are adopted by their re-suggested twins, epochs it never recorded are replayed from
+# checkpoints (trainable.py). Checkpoint pruning (records.py) waits many periods.
+SNAPSHOT_SECONDS = 5
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_SECONDS))
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -159,7 +161,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                              state_file=paths["dir"] / STATE_FILE)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, model=spec.model, epochs=spec.epochs,
-                             cpus=spec.resources["cpu"], trials_dir=str(exp)),
+                             cpus=spec.resources["cpu"], trials_dir=str(exp),
+                             tune_checkpoints=spec.scheduler["kind"] == "pbt"),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     recorder = RecordingCallback(str(paths["dir"] / LOG_FILE), metric, mode, spec.epochs,
                                  strategy.budget, stream=stream, trials_dir=str(exp))
@@ -178,8 +181,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                 reuse_actors=True, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=str(paths["storage"]), verbose=0,
-                # The snapshot reaches storage at most a second late (Ray's default: 5 min).
-                sync_config=tune.SyncConfig(sync_period=1),
+                # The snapshot reaches storage as it is taken (Ray's default: every 5 min).
+                sync_config=tune.SyncConfig(sync_period=SNAPSHOT_SECONDS),
                 callbacks=[recorder],
                 # All kept while a trial runs; the recorder prunes to 2 (see its docstring).
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -1,8 +1,16 @@
 """The Ray Tune trainable: one trial = one ``models.train.fit`` run, reported epoch by epoch.
 
-It runs on a worker. Each epoch it reports the trainer's metrics and a
-checkpoint (Tune keeps the last two); a trial restarted after a crash, a lost
-node or a PBT exploit continues from the checkpoint Tune hands it.
+It runs on a worker. Every epoch it writes the trainer's checkpoint into the
+trial's folder (``<storage>/<sweep>/trial_<id>/epoch_NNNNN.pt``, the last two
+kept) and reports the epoch's metrics. A trial restarted after a crash, a lost
+node or a driver killed mid-sweep continues from its newest checkpoint there.
+
+Why not Tune's own checkpoints (``tune.report(checkpoint=...)``) every epoch:
+each one is a temporary folder copied into storage and registered by the
+driver, which cost 4 points of orchestration efficiency here on 1 s trials;
+and Tune's bookkeeping of them can name a deleted checkpoint after a driver
+crash. Only PBT needs Tune's checkpoints (its exploit hands one trial's
+checkpoint to another): with ``tune_checkpoints`` the trial also reports them.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import math
 import os
 import socket
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import ray
@@ -19,8 +28,10 @@ from ray import tune
 
 from models.config import split_config
 from models.train import fit, load_checkpoint
+from orchestrator.records import ORPHANS
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
+KEEP = 2  # own checkpoints kept per trial
 META_PREFIX = "_"  # config keys the strategies add (round, seed): not hyperparameters
 
 
@@ -35,34 +46,29 @@ def _trial_id() -> str:
 
 def _device() -> str:
     """The GPU Ray assigned this trial, else the CPU (Ray sets CUDA_VISIBLE_DEVICES)."""
-    if ray.get_gpu_ids():
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda"
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return "cuda"
     return "cpu"
 
 
-def _gpu_name(device: str) -> str:
-    if device != "cuda":
-        return ""
-    import torch
-
-    return torch.cuda.get_device_name(0)
+def save_epoch(run, trial_dir: Path, keep: int = KEEP) -> None:
+    """Writes this epoch's checkpoint (atomically) and deletes all but the last ``keep``."""
+    run.save_checkpoint(trial_dir / f"epoch_{run.epoch:05d}.pt")
+    for old in sorted(trial_dir.glob("epoch_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def newest_checkpoint(trial_dir: str | os.PathLike | None) -> dict | None:
-    """The readable checkpoint of the most epochs in a trial's storage folder.
+    """The readable checkpoint of the most epochs in a trial's folder (own or Tune's).
 
-    Tune restores a trial from the last checkpoint its experiment snapshot knew
-    of; after a driver SIGKILL that snapshot can lag the trial by a few epochs.
-    The trial's folder holds its newer checkpoints too: take the newest that
-    reads whole (one cut off mid-copy by the crash is skipped).
+    One cut off by a crash does not read whole and is skipped.
     """
     if not trial_dir or not Path(trial_dir).is_dir():
         return None
     best = None
-    for path in Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+    paths = [*Path(trial_dir).glob("epoch_*.pt"),
+             *Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}")]
+    for path in paths:
         try:
             state = load_checkpoint(path)
         except Exception:  # noqa: BLE001 - a partial file from a crash: skip it
@@ -75,14 +81,10 @@ def newest_checkpoint(trial_dir: str | os.PathLike | None) -> dict | None:
 def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> dict | None:
     """The newest checkpoint an orphaned trial (same seed, same configuration) left.
 
-    A driver killed within a second of starting a trial leaves a trial Tune's
-    snapshot never saw; on resume the strategy suggests it again under a new id,
-    and this new trial goes on from the orphan's checkpoints instead of epoch 0.
+    A driver killed soon after starting a trial leaves a trial Tune's snapshot
+    never saw; on resume the strategy suggests it again under a new id, and this
+    new trial goes on from the orphan's checkpoints instead of epoch 0.
     """
-    from dataclasses import asdict
-
-    from orchestrator.records import ORPHANS
-
     if not trials_dir:
         return None
     best = None
@@ -97,8 +99,34 @@ def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> di
     return best
 
 
+def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | None, list]:
+    """(the state to resume from, the epochs to replay to Tune before training on).
+
+    Tune's own checkpoint wins when it is another trial's (a PBT exploit). Else the
+    newest of the trial's own checkpoints, then an orphan's. Epochs it holds beyond
+    what Tune knows of are replayed, one report each, so Tune's training_iteration
+    stays equal to the epoch (ASHA's rungs count iterations) and the driver records
+    every epoch.
+    """
+    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
+    tune_state, known = None, 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            tune_state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        known = tune_state["epoch"]
+        if own_dir is None or Path(checkpoint.path).parent.name != own_dir.name:
+            return tune_state, []  # a PBT exploit: the donor's state, no replay
+    state = newest_checkpoint(own_dir)
+    if state is None:
+        state = adopt_orphan(trials_dir, seed, model_config, hparams)
+    if state is None or (tune_state is not None and state["epoch"] <= known):
+        return tune_state, []
+    return state, state["history"][known:]
+
+
 def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
-                trials_dir: str | None = None) -> None:
+                trials_dir: str | None = None, tune_checkpoints: bool = False) -> None:
     """Trains one configuration; Tune calls it with the trial's config.
 
     Args:
@@ -108,57 +136,49 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         epochs: the epochs each trial trains (schedulers may stop it sooner).
         cpus: CPUs the trial holds: torch gets one thread per CPU.
         trials_dir: the experiment's storage folder, where trial folders are
-            ``trial_<id>`` (see ``newest_checkpoint``).
+            ``trial_<id>``; None keeps no checkpoints of its own.
+        tune_checkpoints: also hand Tune a checkpoint every epoch (PBT needs them).
     """
     model_config, hparams = split_config({**model, **hyperparameters(config)})
-    resume, donor, known = None, False, 0
-    checkpoint = tune.get_checkpoint()
-    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-        known = resume["epoch"]
-        # A PBT exploit hands over another trial's checkpoint: that one must win.
-        donor = own_dir is not None and Path(checkpoint.path).parent.name != own_dir.name
-    replay = []
-    if not donor:
-        newer = newest_checkpoint(own_dir)
-        if newer is not None and (resume is None or newer["epoch"] > resume["epoch"]):
-            resume = newer
-            # Epochs that ran but whose results the (dead) driver never recorded.
-            replay = newer["history"][known:]
     seed = int(config.get("_seed", 0))
-    if resume is None:
-        resume = adopt_orphan(trials_dir, seed, model_config, hparams)
-        replay = resume["history"] if resume is not None else []
+    resume, replay = _starting_point(trials_dir, seed, model_config, hparams)
+    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
+    if own_dir is not None:
+        own_dir.mkdir(parents=True, exist_ok=True)
     device = _device()
     node = {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-            "device": device, "gpu_name": _gpu_name(device), "pid": os.getpid()}
+            "device": device, "gpu_name": torch.cuda.get_device_name(0) if device == "cuda"
+            else "", "pid": os.getpid()}
 
-    def result(metrics: dict) -> dict:
+    def result(metrics: dict, replayed: bool = False) -> dict:
         diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
         out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
                for k, v in metrics.items()}
-        out.setdefault("caviar_replayed", False)
         out["caviar_status"] = "diverged" if diverged else (
             "completed" if metrics["epoch"] >= epochs else "running")
+        out["caviar_replayed"] = replayed
         out.update(node)
         return out
 
-    def send(metrics: dict, save) -> None:
+    def report(metrics: dict, save, replayed: bool = False) -> None:
+        if not tune_checkpoints:
+            tune.report(result(metrics, replayed))
+            return
         with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as d:
             save(Path(d) / CHECKPOINT_FILE)
-            tune.report(result(metrics), checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(result(metrics, replayed), checkpoint=tune.Checkpoint.from_directory(d))
 
-    # Replayed one report per epoch, so Tune's training_iteration stays equal to the
-    # epoch (ASHA's rungs count iterations).
     for metrics in replay[:-1]:
-        tune.report({**result(metrics), "caviar_replayed": True})
+        tune.report(result(metrics, replayed=True))
     if replay:
-        send({**replay[-1], "caviar_replayed": True}, lambda path: torch.save(resume, path))
+        report(replay[-1], lambda path: torch.save(resume, path), replayed=True)
 
-    fit(data, model_config, hparams, epochs=epochs, seed=seed,
-        device=device, callback=lambda metrics, run: send(metrics, run.save_checkpoint),
-        resume_from=resume, num_threads=max(1, int(cpus)))
+    def on_epoch(metrics: dict, run) -> None:
+        if own_dir is not None:
+            save_epoch(run, own_dir)
+        report(metrics, run.save_checkpoint)
+
+    fit(data, model_config, hparams, epochs=epochs, seed=seed, device=device,
+        callback=on_epoch, resume_from=resume, num_threads=max(1, int(cpus)))

@@ -19,7 +19,7 @@ def _caviar(*args, **kwargs):
 
 
 def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep, tmp_path):
-    sweep = write_sweep(data={"source": "synthetic", "size": 5000, "n_features": 30,
+    sweep = write_sweep(data={"source": "synthetic", "size": 20000, "n_features": 30,
                               "classes": 4},
                         strategy={"kind": "random", "trials": 6}, epochs=10,
                         resources={"cpu": 1, "concurrency": 2})
@@ -36,12 +36,12 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
             running = started - ended
             epochs = {t: [e["epoch"] for e in events if e["event"] == "result"
                           and e["trial_id"] == t] for t in running}
-            if len(ended) >= 2 and running and all(len(v) >= 3 for v in epochs.values()):
+            if len(ended) >= 1 and running and all(len(v) >= 2 for v in epochs.values()):
                 os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started
                 driver.wait()
                 before = {"ended": ended, "running": running, "events": len(events)}
                 break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert before is not None, "the sweep never reached the point to kill it"
     time.sleep(2)  # let the dead driver's Ray processes go
 
@@ -63,16 +63,21 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
     alive = set(seed_of) - forgotten
     assert len(alive) == 6 and len({seed_of[t] for t in alive}) == 6
 
-    def trained(seed, since):
+    def trained(seed, since=0.0):
         """Epochs trained (not replayed from a checkpoint) by a seed's trials since then."""
         return [e["epoch"] for e in events if e["event"] == "result" and e["time"] >= since
                 and seed_of[e["trial_id"]] == seed and not e.get("replayed")]
 
     for tid in before["ended"]:  # no finished trial is re-run
         assert trained(seed_of[tid], resumed_at) == [], tid
-    for tid in before["running"]:  # unfinished trials went on from a checkpoint
-        again = trained(seed_of[tid], resumed_at)
-        assert again and again[0] > 1, (tid, again)
+    # No epoch is trained twice: no trial restarted from epoch 0 (nor from any epoch it
+    # had passed). Epochs trained just before the kill but not yet recorded come back
+    # replayed from the checkpoint.
+    for seed in {seed_of[t] for t in alive}:
+        epochs = trained(seed)
+        assert len(epochs) == len(set(epochs)), (seed, epochs)
+    # The kill did interrupt training that the resumed sweep went on with.
+    assert any(trained(seed_of[t], resumed_at) for t in before["running"])
     for tid in alive:  # and every trial has every epoch
         epochs = {e["epoch"] for e in events if e["event"] == "result" and e["trial_id"] == tid}
         assert epochs == set(range(1, 11)), tid
