@@ -232,6 +232,26 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+def cmd_submit(args) -> int:
+    from orchestrator.submit import submit
+    from orchestrator.sweepfile import parse_sweep
+
+    raw = load_mapping(args.file)
+    spec = parse_sweep(raw, args.file, Path(args.file).resolve().parent)
+    try:
+        job_id, status = submit(spec, raw, args.address, args.workdir, wait=not args.no_wait,
+                                resume=args.resume)
+    except ConnectionError as e:
+        print(f"caviar: failed: cannot reach the Ray dashboard at {args.address} ({e}); "
+              "is the cluster up, and is its dashboard port (8265) reachable?", file=sys.stderr)
+        return EXIT_FAILURE
+    print(job_id)
+    if status in ("FAILED", "STOPPED"):
+        print(f"caviar: job {job_id} {status.lower()}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
@@ -307,6 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start over: an earlier sweep of the same name is moved aside")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job",
+                       description="Send a sweep to a Ray cluster as a Ray Job: caviar's code, "
+                       "the sweep with its space inline and a local data file go as the job's "
+                       "working directory; the job runs `caviar sweep` on the cluster. Streams "
+                       "the job's log to stderr and prints the job id on stdout. Exit 0 when "
+                       "the job succeeded, 1 when it failed or was stopped.")
+    p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
+    p.add_argument("--address", required=True,
+                   help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--workdir", default="~/caviar-runs",
+                   help="the workdir on the cluster (default: %(default)s of the job's user; "
+                   "use shared storage on a multi-node cluster)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the job id and return without following the job")
+    p.add_argument("--resume", action="store_true", help="resume the sweep on the cluster")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -49,7 +49,7 @@ class SweepError(Exception):
 
 
 def sweep_paths(spec: SweepSpec, workdir: str | Path) -> dict[str, Path]:
-    workdir = Path(workdir).resolve()
+    workdir = Path(workdir).expanduser().resolve()
     return {"workdir": workdir, "dir": workdir / spec.name, "storage": workdir / "ray",
             "experiment": workdir / "ray" / spec.name}
 

@@ -125,7 +125,7 @@ def resolve_space(value: object, source: str, base_dir: Path) -> SearchSpace:
     if not isinstance(value, str) or not value:
         raise _fail(source, "space", f"must be a path or the parameters inline, got {value!r}")
     candidates = [Path(value), base_dir / value, BUILTIN_SPACES / value,
-                  BUILTIN_SPACES / f"{value}.yaml"]
+                  BUILTIN_SPACES / f"{value}.yaml", BUILTIN_SPACES.parent / value]
     for path in candidates:
         if path.is_file():
             return SearchSpace.from_file(path, RULES)

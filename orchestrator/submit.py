@@ -1,0 +1,88 @@
+"""``caviar submit``: send a sweep to a Ray cluster as a Ray Job.
+
+The job's working directory is a staging folder holding the caviar packages
+(orchestrator/, models/, searchspaces/), the sweep file with its search space
+written inline, and the sweep's data file when it is a local one: the cluster
+needs nothing of this machine. The job runs ``caviar sweep`` on the head node;
+its log is streamed here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from models.data import FILE_SOURCES, resolve_path
+from orchestrator.sweepfile import SweepSpec
+
+PACKAGES = ("orchestrator", "models", "searchspaces")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def stage(spec: SweepSpec, raw: dict, into: Path) -> Path:
+    """Fills ``into`` with what the job needs; returns the staged sweep file."""
+    root = Path(__file__).resolve().parent.parent
+    for pkg in PACKAGES:
+        shutil.copytree(root / pkg, into / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    staged = dict(raw)
+    staged["space"] = spec.space.to_dict()
+    if spec.data.source in FILE_SOURCES:
+        src = resolve_path(spec.data.path, spec.base_dir)
+        (into / "data").mkdir()
+        shutil.copy2(src, into / "data" / src.name)
+        staged["data"] = {**raw.get("data", {}), "path": f"data/{src.name}"}
+    sweep = into / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(staged, sort_keys=False))
+    return sweep
+
+
+def _use_token_if_any() -> None:
+    """Ray 2.5x clusters may require token auth; the client sends the token only in
+    token mode. A token in RAY_AUTH_TOKEN or ~/.ray/auth_token turns that mode on."""
+    import os
+
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
+                                               or token_file.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def submit(spec: SweepSpec, raw: dict, address: str, workdir: str, *, wait: bool = True,
+           resume: bool = False, stream=None) -> tuple[str, str]:
+    """Submits the sweep; returns (job id, final status, or PENDING when not waiting)."""
+    _use_token_if_any()  # before Ray is imported: it reads the mode once
+    from ray.job_submission import JobSubmissionClient
+
+    stream = stream or sys.stderr
+    client = JobSubmissionClient(address)
+    with tempfile.TemporaryDirectory(prefix="caviar-job-") as tmp:
+        stage(spec, raw, Path(tmp))
+        entry = f"python -m orchestrator.cli sweep sweep.yaml --workdir {shlex.quote(workdir)}"
+        if resume:
+            entry += " --resume"
+        job_id = client.submit_job(
+            entrypoint=entry, runtime_env={"working_dir": tmp},
+            metadata={"caviar_sweep": spec.name},
+            submission_id=f"caviar-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"caviar: submitted sweep {spec.name!r} to {address} as job {job_id}", file=stream,
+          flush=True)
+    if not wait:
+        return job_id, "PENDING"
+    shown = 0
+    while True:  # poll the log: works through proxies that cut websockets
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            stream.write(logs[shown:])
+            stream.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            return job_id, status
+        time.sleep(1.0)
