@@ -93,7 +93,6 @@ def make_scheduler(spec: SweepSpec):
 
         space = spec.space
         names = s["hyperparameters"]
-        rng_seed = spec.seed
 
         def resample(name):
             import numpy as np
@@ -115,10 +114,26 @@ def make_scheduler(spec: SweepSpec):
             time_attr="training_iteration", perturbation_interval=s["perturbation_interval"],
             hyperparam_mutations={n: resample(n) for n in names},
             quantile_fraction=s["quantile_fraction"], custom_explore_fn=clip,
-            synch=False, seed=rng_seed)
+            synch=False)
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
+
+
+def _member(configs: list[dict], key: str, spec) -> object:
+    return configs[spec["config"]["_member"]][key]
+
+
+def population_space(strategy) -> dict:
+    """A Tune param_space giving PBT's initial population: the strategy's first points."""
+    from functools import partial
+
+    configs = [strategy.suggest(f"member_{i}") for i in range(strategy.budget)]
+    strategy.write_state()
+    space = {"_member": tune.grid_search(list(range(len(configs))))}
+    for key in configs[0]:
+        space[key] = tune.sample_from(partial(_member, configs, key))
+    return space
 
 
 def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
@@ -169,15 +184,20 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
     print(f"caviar: sweep {spec.name!r}: {spec.strategy['kind']} over {strategy.budget} trials, "
           f"scheduler {spec.scheduler['kind']}, {spec.epochs} epochs, metric {metric} ({mode}); "
           f"{'resuming' if resume else 'records in'} {paths['dir']}", file=stream, flush=True)
+    search_alg, num_samples, param_space = strategy, strategy.budget, None
+    if spec.scheduler["kind"] == "pbt":
+        # Ray's PBT takes no search algorithm: the strategy draws the population up front.
+        search_alg, num_samples, param_space = None, 1, population_space(strategy)
     if resume:
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=True, param_space=param_space)
     else:
         tuner = tune.Tuner(
             trainable,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=strategy, scheduler=make_scheduler(spec), metric=metric, mode=mode,
-                num_samples=strategy.budget, max_concurrent_trials=spec.resources["concurrency"],
+                search_alg=search_alg, scheduler=make_scheduler(spec), metric=metric, mode=mode,
+                num_samples=num_samples, max_concurrent_trials=spec.resources["concurrency"],
                 reuse_actors=True, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=str(paths["storage"]), verbose=0,

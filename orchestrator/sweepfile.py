@@ -219,6 +219,9 @@ def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepS
         scheduler["reduction_factor"] = _whole(
             source, "scheduler.reduction_factor", scheduler.get("reduction_factor", 3), low=2)
     elif hkind == "pbt":
+        if skind not in ("random", "quasi_random"):
+            raise _fail(source, "scheduler.kind", "pbt evolves a population drawn at random: "
+                        f"use strategy random or quasi_random with it, got {skind!r}")
         scheduler["perturbation_interval"] = _whole(
             source, "scheduler.perturbation_interval", scheduler.get("perturbation_interval", 2))
         scheduler["quantile_fraction"] = _number(

@@ -116,7 +116,11 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
             tune_state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
         known = tune_state["epoch"]
         if own_dir is None or Path(checkpoint.path).parent.name != own_dir.name:
-            return tune_state, []  # a PBT exploit: the donor's state, no replay
+            # A PBT exploit: the donor's state, no replay. This trial's own checkpoints
+            # belong to the line it leaves: drop them, or a later restart would go back.
+            for stale in (own_dir.glob("epoch_*.pt") if own_dir else ()):
+                stale.unlink(missing_ok=True)
+            return tune_state, []
     state = newest_checkpoint(own_dir)
     if state is None:
         state = adopt_orphan(trials_dir, seed, model_config, hparams)

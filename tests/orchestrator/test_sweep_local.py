@@ -101,3 +101,34 @@ def test_resume_without_a_sweep_is_refused(write_sweep, tmp_path):
     spec = load_sweep(write_sweep())
     with pytest.raises(SweepError, match="nothing to resume"):
         run_sweep(spec, tmp_path / "w", resume=True)
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_pbt_exploits_and_perturbs_within_the_space(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(
+        data={"source": "synthetic", "size": 3000, "n_features": 20, "classes": 3},
+        space={"lr": {"scale": "log", "low": 1e-4, "high": 0.5},
+               "momentum": {"scale": "reverse_log", "low": 0.5, "high": 0.99}},
+        strategy={"kind": "random", "trials": 4}, epochs=8,
+        scheduler={"kind": "pbt", "perturbation_interval": 2},
+        resources={"cpu": 1, "concurrency": 4}))
+    summary = run_sweep(spec, tmp_path / "w")
+    assert summary["trials"]["total"] == 4 and summary["trials"]["completed"] == 4
+    events = read_events(tmp_path / "w" / "t" / "trials.jsonl")
+    configs = {}
+    for e in events:
+        if e["event"] == "start":
+            configs.setdefault(e["trial_id"], []).append(e["config"])
+    changed = [t for t, cs in configs.items() if cs[-1]["lr"] != cs[0]["lr"]]
+    assert changed, "no trial was exploited and perturbed"
+    for cs in configs.values():  # perturbed values stay inside the declared space
+        for c in cs:
+            assert 1e-4 <= c["lr"] <= 0.5 and 0.5 <= c["momentum"] <= 0.99
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_tpe_sweep_runs_through_optuna(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(strategy={"kind": "tpe", "trials": 4}, epochs=2))
+    summary = run_sweep(spec, tmp_path / "w")
+    assert summary["strategy"] == "tpe" and summary["trials"]["completed"] == 4
+    assert summary["best"]["config"]["lr"] > 0
