@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   creates .venv, installs caviar, trains the course's net on digits
+#   make demo   creates .venv, installs caviar, runs a coarse-to-fine sweep on digits
 #   make test   creates .venv, installs caviar with its dev tools, runs ruff and the tests
 #
 # torch is installed first and on its own, so pip takes the build you choose
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/caviar train searchspaces/course.yaml --epochs 20
+	$(BIN)/caviar sweep sweeps/digits.yaml --fresh
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,6 +32,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) caviar-runs .pytest_cache .ruff_cache *.egg-info

@@ -221,13 +221,16 @@ def cmd_sweep(args) -> int:
     spec = load_sweep(args.file)
     if args.resume and args.fresh:
         raise UsageError("--resume and --fresh exclude each other")
-    from orchestrator.sweep import SweepError, run_sweep
+    from orchestrator.sweep import SweepError, SweepInterrupted, run_sweep
 
     try:
         summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
                             fresh=args.fresh)
     except SweepError as e:
         raise UsageError(str(e)) from None
+    except SweepInterrupted as e:
+        print(f"caviar: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps(summary["best"]))
     return EXIT_OK
 

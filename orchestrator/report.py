@@ -36,11 +36,9 @@ def trial_rows(log: TrialLog, metric: str, mode: str, errors: dict | None = None
     """One row per trial: id, round, status, hyperparameters, best metric, epochs run."""
     rows = []
     for t in log.trials.values():
-        status = t["status"]
+        status = t["status"]  # "running" when it never ended: the sweep was interrupted
         if errors and t["trial_id"] in errors:
             status = "failed"
-        elif status not in STATUSES:
-            status = "failed"  # never ended: its worker died for good
         best = _best_epoch(t["history"], metric, mode)
         rows.append({
             "trial_id": t["trial_id"],
@@ -60,7 +58,8 @@ def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
     return sorted(scored, key=lambda r: r["best"][metric], reverse=mode == "max")
 
 
-def build_summary(spec, paths: dict, results, started: float) -> tuple[dict, list[dict]]:
+def build_summary(spec, paths: dict, results, started: float,
+                  budget: int | None = None) -> tuple[dict, list[dict]]:
     """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
     metric, mode = spec.metric["name"], spec.metric["mode"]
     from orchestrator.sweep import LOG_FILE, STATE_FILE
@@ -94,6 +93,7 @@ def build_summary(spec, paths: dict, results, started: float) -> tuple[dict, lis
         "scheduler": spec.scheduler["kind"],
         "metric": spec.metric,
         "wall_seconds": round(time.time() - started, 3),
+        "complete": all(r["status"] in STATUSES for r in rows) and len(rows) >= (budget or 0),
         "trials": {"total": len(rows), **counts},
         "best": best,
         "rounds": state.get("rounds", []),
@@ -139,7 +139,8 @@ def print_top(summary: dict, table: str = "", stream=None) -> None:
     """The final report: counts, the table of top trials, the best configuration, warnings."""
     stream = stream or sys.stderr
     t = summary["trials"]
-    print(f"caviar: sweep {summary['name']!r} done in {summary['wall_seconds']:.1f} s: "
+    done = "done" if summary.get("complete", True) else "stopped"
+    print(f"caviar: sweep {summary['name']!r} {done} after {summary['wall_seconds']:.1f} s: "
           f"{t['total']} trials ({t['completed']} completed, {t['early_stopped']} early stopped, "
           f"{t['diverged']} diverged, {t['failed']} failed)", file=stream)
     best = summary.get("best")

@@ -48,6 +48,10 @@ class SweepError(Exception):
     """The sweep cannot start or go on; the message says why and what to do (exit 2)."""
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C (or a stop) ended the sweep before its budget: resume it (exit 130)."""
+
+
 def sweep_paths(spec: SweepSpec, workdir: str | Path) -> dict[str, Path]:
     workdir = Path(workdir).expanduser().resolve()
     return {"workdir": workdir, "dir": workdir / spec.name, "storage": workdir / "ray",
@@ -166,6 +170,9 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
             if p.exists():
                 shutil.move(str(p), str(p.with_name(f"{p.name}.old-{stamp}")))
 
+    if spec.register:
+        print(f"caviar: note: register: {spec.register['name']!r} is checked but not acted on "
+              "yet: the model registry comes with MLflow tracking", file=stream)
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
     connect(address)
     check_resources(spec)
@@ -212,7 +219,14 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
     for trial_dir in exp.glob("trial_*"):  # the sweep is over: keep the last two of each
         prune_checkpoints(trial_dir)
     shutil.rmtree(exp / ORPHANS, ignore_errors=True)
-    summary, rows = build_summary(spec, paths, results, started)
+    summary, rows = build_summary(spec, paths, results, started, strategy.budget)
     write_outputs(spec, paths, summary, rows)
     print_top(summary, top_table(rows, metric, mode), stream=stream)
+    if not summary["complete"]:
+        raise SweepInterrupted(
+            f"sweep {spec.name!r} stopped before its end ({summary['trials']['total']} of "
+            f"{strategy.budget} trials started, some unfinished); summary.json so far is in "
+            f"{paths['dir']}. Go on with: caviar sweep {spec.source} --resume"
+            + (f" --workdir {paths['workdir']}" if paths["workdir"] != Path(
+                "./caviar-runs").resolve() else ""))
     return summary

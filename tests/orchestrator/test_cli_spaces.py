@@ -295,9 +295,18 @@ def test_every_strategy_kind_validates(capsys, tmp_path, strategy):
     {"kind": "pbt", "perturbation_interval": 1, "hyperparameters": ["lr", "momentum"]},
 ])
 def test_every_scheduler_kind_validates(capsys, tmp_path, scheduler):
-    code, _, err = run_main(capsys, "validate",
-                            write_sweep(tmp_path, changed(scheduler=scheduler)))
+    # PBT evolves a random population: it goes with random or quasi_random only.
+    strategy = {"kind": "random", "trials": 4} if scheduler["kind"] == "pbt" else None
+    sweep = changed(scheduler=scheduler, **({"strategy": strategy} if strategy else {}))
+    code, _, err = run_main(capsys, "validate", write_sweep(tmp_path, sweep))
     assert code == 0, err
+
+
+def test_pbt_with_coarse_to_fine_is_refused(capsys, tmp_path):
+    sweep = changed(scheduler={"kind": "pbt"}, strategy={"kind": "coarse_to_fine"})
+    code, _, err = run_main(capsys, "validate", write_sweep(tmp_path, sweep))
+    assert code == 2
+    assert "key 'scheduler.kind'" in err and "use strategy random or quasi_random" in err
 
 
 BAD_SWEEPS = [
@@ -330,7 +339,8 @@ BAD_SWEEPS = [
     ("epochs-0", changed(epochs=0), ["key 'epochs'", "got 0"]),
     ("grace-above-epochs", changed(scheduler={"kind": "asha", "grace_epochs": 5}),
      ["key 'scheduler.grace_epochs'", "must be <= epochs (3), got 5"]),
-    ("pbt-untuned", changed(scheduler={"kind": "pbt", "hyperparameters": ["optimizer"]}),
+    ("pbt-untuned", changed(scheduler={"kind": "pbt", "hyperparameters": ["optimizer"]},
+                            strategy={"kind": "random"}),
      ["key 'scheduler.hyperparameters'", "'optimizer' is not a tuned parameter"]),
     ("seed-negative", changed(seed=-1), ["key 'seed'", "got -1"]),
     ("bad-name", changed(name="my sweep"), ["key 'name'", "got 'my sweep'"]),

@@ -55,7 +55,7 @@ def test_submit_runs_the_sweep_on_the_cluster_with_its_data(ray_head, write_swee
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().splitlines()[-1]
     assert job_id.startswith("caviar-t-")
-    assert "submitted sweep 't'" in done.stderr and "done in" in done.stderr  # streamed log
+    assert "submitted sweep 't'" in done.stderr and "done after" in done.stderr  # streamed log
     summary = json.loads((remote / "t" / "summary.json").read_text())
     assert summary["trials"]["completed"] == 2
 
