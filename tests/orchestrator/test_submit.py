@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from ray.cluster_utils import Cluster
 
 BIN = Path(sys.executable).parent
 
@@ -23,18 +24,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A Ray head with its dashboard (the Jobs API) on 127.0.0.1, caviar's Python on PATH."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    dash, gcs = _free_port(), _free_port()
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2",
-                    f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                    "--include-dashboard=true", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=180, cwd=tmp_path)
+def ray_head(monkeypatch):
+    """A Ray head with its dashboard (the Jobs API) on 127.0.0.1, caviar's Python on PATH.
+
+    Started with ray.cluster_utils.Cluster, so shutting it down stops only its own
+    processes (``ray stop`` would stop every Ray on the machine).
+    """
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    dash = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": dash})
     yield f"http://127.0.0.1:{dash}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
-                   timeout=120)
+    cluster.shutdown()
 
 
 def test_submit_runs_the_sweep_on_the_cluster_with_its_data(ray_head, write_sweep, tmp_path):
