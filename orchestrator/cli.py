@@ -225,7 +225,7 @@ def cmd_sweep(args) -> int:
 
     try:
         summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
-                            fresh=args.fresh)
+                            fresh=args.fresh, tracking_uri=args.tracking_uri)
     except SweepError as e:
         raise UsageError(str(e)) from None
     except SweepInterrupted as e:
@@ -233,6 +233,34 @@ def cmd_sweep(args) -> int:
         return EXIT_INTERRUPTED
     print(json.dumps(summary["best"]))
     return EXIT_OK
+
+
+def cmd_sync(args) -> int:
+    from orchestrator.sweep import LOG_FILE
+    from orchestrator.tracking import STATE_FILE, MlflowSink
+
+    workdir = Path(args.workdir).expanduser()
+    dirs = sorted(p.parent for p in workdir.glob(f"*/{STATE_FILE}"))
+    if not dirs:
+        print(f"caviar: nothing to sync in {workdir}", file=sys.stderr)
+        return EXIT_OK
+    failed = 0
+    for d in dirs:
+        state = json.loads((d / STATE_FILE).read_text())
+        uri = args.tracking_uri or state["tracking_uri"]
+        sink = MlflowSink(uri, state.get("experiment") or d.name, d, d / LOG_FILE, workdir)
+        try:
+            n = sink.sync()
+            summary = d / "summary.json"
+            if summary.exists() and json.loads(summary.read_text()).get("complete"):
+                sink.finish([summary, d / "trials.csv"])
+        except Exception as e:  # noqa: BLE001 - report and go on with the next sweep
+            print(f"caviar: {d.name}: MLflow at {uri} failed ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        print(f"caviar: {d.name}: {n} records written to {uri}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_submit(args) -> int:
@@ -329,7 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "unfinished ones continue from their last checkpoint")
     p.add_argument("--fresh", action="store_true",
                    help="start over: an earlier sweep of the same name is moved aside")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, the "
+                   "sweep's tracking.uri, else sqlite:///WORKDIR/mlflow.db)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sync", parents=[common], help="write records that waited to MLflow",
+                       description="Write to MLflow what sweeps in WORKDIR recorded while the "
+                       "tracking server could not be reached. Nothing already written is "
+                       "written again.")
+    p.add_argument("--tracking-uri", default=None,
+                   help="where to write (default: where each sweep was tracking)")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job",
                        description="Send a sweep to a Ray cluster as a Ray Job: caviar's code, "

@@ -32,6 +32,12 @@ from orchestrator.records import ORPHANS, RecordingCallback, prune_checkpoints  
 from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweepfile import SweepSpec  # noqa: E402
+from orchestrator.tracking import (  # noqa: E402
+    MlflowSink,
+    SyncThread,
+    hardware_fingerprint,
+    resolve_uri,
+)
 from orchestrator.trainable import train_trial  # noqa: E402
 from searchspaces import SpecError  # noqa: E402
 
@@ -140,9 +146,55 @@ def population_space(strategy) -> dict:
     return space
 
 
+def start_tracking(spec: SweepSpec, paths: dict, tracking_uri: str | None, budget: int,
+                   stream) -> MlflowSink | None:
+    """The sweep's MLflow sink with its parent run, or None when tracking is off."""
+    if not spec.tracking.get("enabled", True):
+        return None
+    uri = resolve_uri(tracking_uri, spec.tracking.get("uri"), paths["workdir"])
+    sink = MlflowSink(uri, spec.tracking.get("experiment") or spec.name, paths["dir"],
+                      paths["dir"] / LOG_FILE, paths["workdir"])
+    params = {"strategy": spec.strategy["kind"], "scheduler": spec.scheduler["kind"],
+              "budget": budget, "seed": spec.seed, "epochs": spec.epochs,
+              "metric": spec.metric["name"], "data": spec.data.source,
+              **{f"strategy.{k}": v for k, v in spec.strategy.items() if k != "kind"},
+              **{f"model.{k}": v for k, v in spec.model.items()}}
+    tags = {"mlflow.runName": spec.name, "caviar.sweep": spec.name,
+            **{f"caviar.hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
+    try:
+        sink.start(params, tags)
+        sink.close_orphans()
+    except Exception as e:  # noqa: BLE001 - unreachable: go on, the log waits on disk
+        print(f"caviar: MLflow at {uri} is not answering ({type(e).__name__}: {e}); the sweep "
+              "goes on and its records wait on disk (caviar sync writes them)", file=stream)
+    return sink
+
+
+def finish_tracking(sink: MlflowSink | None, written: bool, spec: SweepSpec, paths: dict,
+                    summary: dict, stream) -> None:
+    """The parent run's artifacts and status, once every trial's records are written."""
+    if sink is None:
+        return
+    if not written:
+        print(f"caviar: MLflow at {sink.uri} still not answering: the records wait in "
+              f"{paths['dir']}; run `caviar sync --workdir {paths['workdir']}` later",
+              file=stream)
+        return
+    try:
+        artifacts = [Path(spec.source), paths["dir"] / "summary.json",
+                     paths["dir"] / "trials.csv"]
+        if spec.space.source and Path(spec.space.source).is_file():
+            artifacts.append(Path(spec.space.source))
+        sink.finish(artifacts, "FINISHED" if summary["complete"] else "KILLED",
+                    {"caviar.best_trial": (summary.get("best") or {}).get("trial_id", "")})
+    except Exception as e:  # noqa: BLE001
+        print(f"caviar: could not finish the MLflow parent run ({type(e).__name__}: {e}); "
+              "`caviar sync` retries", file=stream)
+
+
 def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
               address: str | None = None, resume: bool = False, fresh: bool = False,
-              stream=None) -> dict:
+              tracking_uri: str | None = None, stream=None) -> dict:
     """Runs the sweep; writes summary.json and trials.csv; returns the summary.
 
     Args:
@@ -151,6 +203,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
         address: a Ray cluster to join (else RAY_ADDRESS, else a local Ray).
         resume: continue the sweep whose driver died (Tuner.restore).
         fresh: move an earlier sweep of the same name aside and start over.
+        tracking_uri: MLflow (else MLFLOW_TRACKING_URI, the sweep's tracking.uri, or the
+            embedded ``sqlite:///<workdir>/mlflow.db``).
     """
     stream = stream or sys.stderr
     paths = sweep_paths(spec, workdir)
@@ -215,12 +269,27 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
-    results = tuner.fit()
+    sink = start_tracking(spec, paths, tracking_uri, strategy.budget, stream)
+    thread = SyncThread(sink, stream=stream).start() if sink else None
+    try:
+        results = tuner.fit()
+    finally:
+        if thread is not None:
+            thread.stop_soon()
     for trial_dir in exp.glob("trial_*"):  # the sweep is over: keep the last two of each
         prune_checkpoints(trial_dir)
     shutil.rmtree(exp / ORPHANS, ignore_errors=True)
     summary, rows = build_summary(spec, paths, results, started, strategy.budget)
+    written = False
+    if sink is not None:
+        written = thread.stop()  # every trial's records written (or waiting on disk)
+        summary["mlflow"] = {"tracking_uri": sink.uri,
+                             "experiment_id": sink.state["experiment_id"],
+                             "parent_run_id": sink.state["parent_run_id"]}
+        if summary.get("best"):
+            summary["best"]["mlflow_run_id"] = sink.state["runs"].get(summary["best"]["trial_id"])
     write_outputs(spec, paths, summary, rows)
+    finish_tracking(sink, written, spec, paths, summary, stream)
     print_top(summary, top_table(rows, metric, mode), stream=stream)
     if not summary["complete"]:
         raise SweepInterrupted(

@@ -286,8 +286,11 @@ def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepS
 
     tracking = _section(raw, "tracking", source)
     for key in tracking:
-        if key not in ("experiment", "uri"):
-            raise _unknown(source, "tracking", key, ("experiment", "uri"))
+        if key not in ("experiment", "uri", "enabled"):
+            raise _unknown(source, "tracking", key, ("experiment", "uri", "enabled"))
+    if not isinstance(tracking.get("enabled", True), bool):
+        raise _fail(source, "tracking.enabled",
+                    f"must be true or false, got {tracking['enabled']!r}")
 
     return SweepSpec(name=name, source=source, data=data, model=model, space=space,
                      strategy=strategy, scheduler=scheduler, epochs=epochs, metric={

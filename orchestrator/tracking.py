@@ -1,0 +1,332 @@
+"""MLflow tracking: the sweep's event log, exported to MLflow by one writer on the driver.
+
+Why not Ray's MLflowLoggerCallback: after ``Tuner.restore`` it opens a second
+run for every resumed trial and leaves the first RUNNING (its trial-to-run map
+lives in memory), it has no parent run per sweep, and it logs value by value.
+
+Here the driver's event log (``trials.jsonl``, records.py) is the source: a
+background thread reads it from a cursor and writes what is new with one
+``log_batch`` per run. The trial-to-run map and the cursor live in
+``<sweep>/mlflow.json``, so a resumed sweep logs into the same runs. If the
+tracking server cannot be reached, the sweep goes on; the log on disk is the
+buffer, written when the server is back or by ``caviar sync``. Steps a
+previous process already logged are read back from MLflow and not written again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.trainable import hyperparameters
+
+STATE_FILE = "mlflow.json"
+METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+           "samples_per_second")
+NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name")
+RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FINISHED",
+              "failed": "FAILED"}
+
+
+def embedded_uri(workdir: str | Path) -> str:
+    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def resolve_uri(explicit: str | None, from_file: str | None, workdir: str | Path) -> str:
+    """``--tracking-uri``, else MLFLOW_TRACKING_URI, else the sweep's, else the embedded store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or from_file or embedded_uri(workdir)
+
+
+def artifact_root(uri: str, workdir: str | Path) -> str | None:
+    """The embedded store keeps artifacts in ``<workdir>/mlartifacts``; a server decides."""
+    if uri.startswith("sqlite:"):
+        return (Path(workdir).expanduser().resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def hardware_fingerprint() -> dict:
+    """What the best hyperparameters depend on: GPU model and count, CPU, torch, CUDA."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"gpu_model": torch.cuda.get_device_name(0) if gpus else "", "gpu_count": gpus,
+            "cpu_model": cpu, "cpu_count": os.cpu_count() or 0, "torch": torch.__version__,
+            "cuda": torch.version.cuda or ""}
+
+
+class MlflowSink:
+    """Writes a sweep's event log into MLflow: a parent run, one child run per trial."""
+
+    def __init__(self, uri: str, experiment: str, sweep_dir: str | Path, log_path: str | Path,
+                 workdir: str | Path):
+        self.uri = uri
+        self.experiment = experiment
+        self.dir = Path(sweep_dir)
+        self.log_path = Path(log_path)
+        self.workdir = workdir
+        self.state_path = self.dir / STATE_FILE
+        self.state = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
+                      "parent_run_id": None, "runs": {}, "cursor": 0, "config": {}}
+        if self.state_path.exists():
+            saved = json.loads(self.state_path.read_text())
+            if saved.get("tracking_uri") == uri:
+                self.state.update(saved)
+        self._client = None
+        self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
+        self._fresh: set[str] = set()  # runs this process has written to
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_path)
+
+    # -- the parent run ------------------------------------------------------------------
+
+    def start(self, params: dict | None = None, tags: dict | None = None) -> str:
+        """Finds or creates the experiment and the sweep's parent run (reused on resume).
+
+        The parent's params and tags are kept in the state file first, so a sweep that
+        began with MLflow down gets its parent run at the first sync that reaches it.
+        """
+        if params is not None:
+            self.state["parent_params"] = {k: str(v) for k, v in params.items()}
+            self.state["parent_tags"] = dict(tags or {})
+            self._save()
+        params, tags = self.state.get("parent_params", {}), self.state.get("parent_tags", {})
+        c = self.client
+        if self.state["experiment_id"] is None:
+            exp = c.get_experiment_by_name(self.experiment)
+            self.state["experiment_id"] = exp.experiment_id if exp else c.create_experiment(
+                self.experiment, artifact_location=artifact_root(self.uri, self.workdir))
+        parent = self.state["parent_run_id"]
+        if parent is None:
+            from mlflow.entities import Param
+
+            run = c.create_run(self.state["experiment_id"], run_name=tags.get("mlflow.runName"),
+                               tags={"caviar.kind": "sweep", **tags})
+            parent = run.info.run_id
+            c.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+            self.state["parent_run_id"] = parent
+        else:
+            c.update_run(parent, status="RUNNING")
+        self._save()
+        return parent
+
+    def finish(self, artifacts: list[Path], status: str = "FINISHED",
+               tags: dict | None = None) -> None:
+        parent = self.state["parent_run_id"]
+        for path in artifacts:
+            if Path(path).exists():
+                self.client.log_artifact(parent, str(path))
+        for key, value in (tags or {}).items():
+            self.client.set_tag(parent, key, value)
+        self.client.set_terminated(parent, status)
+
+    # -- the trials ----------------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Writes the events after the cursor; returns how many. Raises when MLflow fails
+        (the cursor then stays where it was: nothing is lost)."""
+        if self.state["parent_run_id"] is None:
+            self.start()
+        if not self.log_path.exists():
+            return 0
+        with open(self.log_path, "rb") as f:
+            f.seek(self.state["cursor"])
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1  # whole lines only: the writer may be mid-line
+        if end == 0:
+            return 0
+        events = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        pending: dict[str, dict] = {}
+        for e in events:
+            self._apply(e, pending)
+        self._flush(pending)
+        self.state["cursor"] += end
+        self._save()
+        return len(events)
+
+    def _run_for(self, tid: str, event: dict, pending: dict) -> str:
+        runs = self.state["runs"]
+        if tid not in runs:
+            found = self.client.search_runs(
+                [self.state["experiment_id"]],
+                filter_string=f"tags.`caviar.trial_id` = '{tid}' and "
+                              f"tags.`mlflow.parentRunId` = '{self.state['parent_run_id']}'",
+                max_results=1)
+            if found:
+                runs[tid] = found[0].info.run_id
+            else:
+                config = event.get("config", {})
+                run = self.client.create_run(
+                    self.state["experiment_id"], run_name=f"trial-{tid}",
+                    tags={"mlflow.parentRunId": self.state["parent_run_id"],
+                          "caviar.kind": "trial", "caviar.trial_id": tid,
+                          "caviar.round": str(config.get("_round", 0)),
+                          "caviar.status": "running"})
+                runs[tid] = run.info.run_id
+            self._save()  # the map first: a crash now must not create a second run
+        run = runs[tid]
+        pending.setdefault(run, {"metrics": [], "params": {}, "tags": {}, "end": None})
+        return run
+
+    def _last_logged(self, run: str) -> int:
+        if run not in self._logged:  # what an earlier process wrote: never write it twice
+            history = self.client.get_metric_history(run, "val_loss")
+            self._logged[run] = max((m.step for m in history), default=0)
+        return self._logged[run]
+
+    def _apply(self, e: dict, pending: dict) -> None:
+        from mlflow.entities import Metric
+
+        tid, kind = e["trial_id"], e["event"]
+        if kind == "forget":  # started after Tune's last snapshot; re-run under a new id
+            run = self.state["runs"].get(tid)
+            if run:
+                pending.setdefault(run, {"metrics": [], "params": {}, "tags": {}, "end": None})
+                pending[run]["tags"]["caviar.status"] = "forgotten"
+                pending[run]["end"] = "KILLED"
+            return
+        run = self._run_for(tid, e, pending)
+        p = pending[run]
+        if kind == "start":
+            config = e["config"]
+            hps = {**hyperparameters(config), "seed": config.get("_seed")}
+            known = self.state["config"].setdefault(run, {})
+            if not known:
+                p["params"].update({k: str(v) for k, v in hps.items()})
+                known.update({k: str(v) for k, v in hps.items()})
+            else:  # PBT changed them: MLflow refuses new param values, so tags and metrics
+                for k, v in hps.items():
+                    if str(v) != known.get(k):
+                        p["tags"][f"caviar.hp.{k}"] = str(v)
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            p.setdefault("hp", {})[k] = float(v)
+            p["tags"]["caviar.status"] = "running"
+            p["end"] = None
+        elif kind == "result":
+            step = int(e["epoch"])
+            if e.get("replayed") and step <= self._last_logged(run):
+                return
+            if step <= self._last_logged(run) and run not in self._fresh:
+                return  # an earlier process wrote it (its cursor was not saved yet)
+            ts = int(e["time"] * 1000)
+            m = e["metrics"]
+            for key in METRICS:
+                if m.get(key) is not None:
+                    p["metrics"].append(Metric(key, float(m[key]), ts, step))
+            for k, v in p.pop("hp", {}).items():
+                p["metrics"].append(Metric(f"hp_{k}", v, ts, step))
+            for key in NODE_TAGS:
+                if m.get(key):
+                    p["tags"][f"caviar.{key}"] = str(m[key])
+            self._logged[run] = max(self._logged.get(run, 0), step)
+        elif kind == "end":
+            p["tags"]["caviar.status"] = e["status"]
+            p["end"] = RUN_STATUS.get(e["status"], "FINISHED")
+
+    def _flush(self, pending: dict) -> None:
+        from mlflow.entities import Param, RunTag
+
+        for run, p in pending.items():
+            metrics = p["metrics"]
+            params = [Param(k, v) for k, v in p["params"].items()]
+            tags = [RunTag(k, v) for k, v in p["tags"].items()]
+            for i in range(0, max(len(metrics), 1), 1000):  # MLflow's per-call limit
+                self.client.log_batch(run, metrics=metrics[i:i + 1000],
+                                      params=params if i == 0 else [],
+                                      tags=tags if i == 0 else [])
+            self._fresh.add(run)
+            if p["end"]:
+                self.client.set_terminated(run, p["end"])
+
+    def close_orphans(self) -> None:
+        """Runs of this sweep a dead driver left RUNNING that no trial will log to: KILLED."""
+        from mlflow.entities import ViewType
+
+        mine = set(self.state["runs"].values())
+        for run in self.client.search_runs(
+                [self.state["experiment_id"]],
+                filter_string=f"tags.`mlflow.parentRunId` = '{self.state['parent_run_id']}' "
+                              "and attributes.status = 'RUNNING'",
+                run_view_type=ViewType.ACTIVE_ONLY):
+            if run.info.run_id not in mine:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+
+class SyncThread:
+    """Runs ``sink.sync()`` every ``every`` seconds off the Tune loop, retrying on failure."""
+
+    def __init__(self, sink: MlflowSink, every: float = 2.0, stream=None):
+        self.sink = sink
+        self.every = every
+        self.stream = stream
+        self.error: Exception | None = None
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="caviar-mlflow", daemon=True)
+
+    def start(self) -> SyncThread:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._once()
+
+    def _once(self) -> bool:
+        try:
+            self.sink.sync()
+        except Exception as e:  # noqa: BLE001 - the server is down: keep the log, retry
+            if self.error is None and self.stream is not None:
+                print(f"caviar: MLflow at {self.sink.uri} is not answering ({type(e).__name__});"
+                      " the sweep goes on, records wait on disk", file=self.stream, flush=True)
+            self.error = e
+            return False
+        if self.error is not None and self.stream is not None:
+            print("caviar: MLflow answers again; the records that waited are written",
+                  file=self.stream, flush=True)
+        self.error = None
+        return True
+
+    def stop_soon(self) -> None:
+        """Asks the thread to stop after its current sync."""
+        self._stop.set()
+
+    def stop(self, deadline_s: float = 30.0) -> bool:
+        """Stops the thread and writes what is left, retrying until ``deadline_s``.
+
+        Returns False when MLflow still did not answer: the records wait on disk."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._done:
+            return True
+        end = time.monotonic() + deadline_s
+        while not self._once():
+            if time.monotonic() > end:
+                return False
+            time.sleep(1.0)
+        self._done = True
+        return True
