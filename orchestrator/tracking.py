@@ -23,6 +23,11 @@ from pathlib import Path
 
 from orchestrator.trainable import hyperparameters
 
+# A server that does not answer should cost seconds, not MLflow's default minutes of
+# retries: the sync thread retries on its own, and the records wait on disk meanwhile.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
 STATE_FILE = "mlflow.json"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "samples_per_second")
@@ -314,7 +319,7 @@ class SyncThread:
         """Asks the thread to stop after its current sync."""
         self._stop.set()
 
-    def stop(self, deadline_s: float = 30.0) -> bool:
+    def stop(self, deadline_s: float = 15.0) -> bool:
         """Stops the thread and writes what is left, retrying until ``deadline_s``.
 
         Returns False when MLflow still did not answer: the records wait on disk."""

@@ -82,3 +82,20 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
         epochs = {e["epoch"] for e in events if e["event"] == "result" and e["trial_id"] == tid}
         assert epochs == set(range(1, 11)), tid
     assert not (workdir / "ray" / "t" / "orphans").exists()
+
+    # MLflow (the embedded store): one run per trial, each epoch once, none left RUNNING.
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("t")
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trial_runs = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"
+                  and r.data.tags.get("caviar.status") != "forgotten"]
+    assert sorted(r.data.tags["caviar.trial_id"] for r in trial_runs) == sorted(alive)
+    for r in trial_runs:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, 11)), (r.data.tags["caviar.trial_id"], steps)
+    forgotten = [r for r in runs if r.data.tags.get("caviar.status") == "forgotten"]
+    assert all(r.info.status == "KILLED" for r in forgotten)
+    assert len([r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]) == 1

@@ -1,0 +1,93 @@
+"""MLflow tracking of sweeps: real MLflow (the embedded sqlite store), real Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from mlflow import MlflowClient
+
+from orchestrator.sweep import run_sweep
+from orchestrator.sweepfile import load_sweep
+
+
+def runs_of(uri: str, experiment: str):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return c, c.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 4}, epochs=3))
+    summary = run_sweep(spec, tmp_path / "w")
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    assert summary["mlflow"]["tracking_uri"] == uri
+    c, runs = runs_of(uri, "t")
+    parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.run_id == summary["mlflow"]["parent_run_id"]
+    assert parent.info.status == "FINISHED"
+    assert {"strategy", "scheduler", "budget", "seed"} <= set(parent.data.params)
+    assert parent.data.params["strategy"] == "random" and parent.data.params["budget"] == "4"
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {
+        "summary.json", "trials.csv", "sweep.yaml"}
+    rows = {r["trial_id"]: r for r in csv.DictReader(
+        (tmp_path / "w" / "t" / "trials.csv").open())}
+    for run in children:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        row = rows[tags["caviar.trial_id"]]
+        assert tags["caviar.status"] == row["status"] and tags["caviar.round"] == row["round"]
+        assert run.data.params["lr"] == row["lr"] and run.data.params["seed"] == row["seed"]
+        assert tags["caviar.device"] == "cpu" and tags["caviar.node_id"]
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            history = c.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == [1, 2, 3], key
+    best = summary["best"]
+    best_run = next(r for r in children if r.data.tags["caviar.trial_id"] == best["trial_id"])
+    assert best["mlflow_run_id"] == best_run.info.run_id
+    assert min(m.value for m in c.get_metric_history(best_run.info.run_id, "val_loss")) == \
+        pytest.approx(best["metrics"]["val_loss"])
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_path):
+    sweep = write_sweep(strategy={"kind": "random", "trials": 3}, epochs=2)
+    workdir = tmp_path / "w"
+    down = f"http://127.0.0.1:{_closed_port()}"
+    env_cmd = [sys.executable, "-m", "orchestrator.cli"]
+    ran = subprocess.run([*env_cmd, "sweep", str(sweep), "--workdir", str(workdir),
+                          "--tracking-uri", down], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    assert "not answering" in ran.stderr and "caviar sync" in ran.stderr
+    summary = json.loads((workdir / "t" / "summary.json").read_text())
+    assert summary["trials"]["completed"] == 3
+
+    target = f"sqlite:///{tmp_path / 'later.db'}"
+    for _ in range(2):  # the second sync finds nothing new: nothing is written twice
+        synced = subprocess.run([*env_cmd, "sync", "--workdir", str(workdir),
+                                 "--tracking-uri", target], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert synced.returncode == 0, synced.stderr
+    c, runs = runs_of(target, "t")
+    children = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"]
+    assert len(children) == 3 and len(runs) == 4
+    for run in children:
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_loss")]
+        assert sorted(steps) == [1, 2]  # every epoch, once
+        assert run.info.status == "FINISHED"
