@@ -161,12 +161,9 @@ def start_tracking(spec: SweepSpec, paths: dict, tracking_uri: str | None, budge
               **{f"model.{k}": v for k, v in spec.model.items()}}
     tags = {"mlflow.runName": spec.name, "caviar.sweep": spec.name,
             **{f"caviar.hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
-    try:
-        sink.start(params, tags)
-        sink.close_orphans()
-    except Exception as e:  # noqa: BLE001 - unreachable: go on, the log waits on disk
-        print(f"caviar: MLflow at {uri} is not answering ({type(e).__name__}: {e}); the sweep "
-              "goes on and its records wait on disk (caviar sync writes them)", file=stream)
+    # The parent run is made by the sync thread (a fresh sqlite store takes seconds to
+    # create): the sweep does not wait for MLflow, and goes on if it is down.
+    sink.prepare(params, tags)
     return sink
 
 

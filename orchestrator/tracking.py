@@ -85,13 +85,18 @@ class MlflowSink:
         self.state_path = self.dir / STATE_FILE
         self.state = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
                       "parent_run_id": None, "runs": {}, "cursor": 0, "config": {}}
+        # A state file from an earlier process (a resume, caviar sync): MLflow may hold runs
+        # and steps it wrote; look them up before writing. A fresh sweep skips the queries.
+        self.earlier = False
         if self.state_path.exists():
             saved = json.loads(self.state_path.read_text())
             if saved.get("tracking_uri") == uri:
                 self.state.update(saved)
+                self.earlier = True
         self._client = None
         self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
         self._fresh: set[str] = set()  # runs this process has written to
+        self._started = False
 
     @property
     def client(self):
@@ -108,16 +113,16 @@ class MlflowSink:
 
     # -- the parent run ------------------------------------------------------------------
 
-    def start(self, params: dict | None = None, tags: dict | None = None) -> str:
-        """Finds or creates the experiment and the sweep's parent run (reused on resume).
+    def prepare(self, params: dict, tags: dict) -> None:
+        """Keeps the parent run's params and tags in the state file: a sweep that began
+        with MLflow down gets its parent run at the first sync that reaches MLflow."""
+        self.state["parent_params"] = {k: str(v) for k, v in params.items()}
+        self.state["parent_tags"] = dict(tags)
+        self._save()
 
-        The parent's params and tags are kept in the state file first, so a sweep that
-        began with MLflow down gets its parent run at the first sync that reaches it.
-        """
-        if params is not None:
-            self.state["parent_params"] = {k: str(v) for k, v in params.items()}
-            self.state["parent_tags"] = dict(tags or {})
-            self._save()
+    def start(self) -> str:
+        """Finds or creates the experiment and the sweep's parent run (reused on resume),
+        and closes (KILLED) child runs a dead driver left RUNNING that nothing will log to."""
         params, tags = self.state.get("parent_params", {}), self.state.get("parent_tags", {})
         c = self.client
         if self.state["experiment_id"] is None:
@@ -135,6 +140,8 @@ class MlflowSink:
             self.state["parent_run_id"] = parent
         else:
             c.update_run(parent, status="RUNNING")
+            self.state["parent_run_id"] = parent
+            self.close_orphans()
         self._save()
         return parent
 
@@ -153,8 +160,9 @@ class MlflowSink:
     def sync(self) -> int:
         """Writes the events after the cursor; returns how many. Raises when MLflow fails
         (the cursor then stays where it was: nothing is lost)."""
-        if self.state["parent_run_id"] is None:
+        if not self._started:
             self.start()
+            self._started = True
         if not self.log_path.exists():
             return 0
         with open(self.log_path, "rb") as f:
@@ -175,7 +183,7 @@ class MlflowSink:
     def _run_for(self, tid: str, event: dict, pending: dict) -> str:
         runs = self.state["runs"]
         if tid not in runs:
-            found = self.client.search_runs(
+            found = self.earlier and self.client.search_runs(
                 [self.state["experiment_id"]],
                 filter_string=f"tags.`caviar.trial_id` = '{tid}' and "
                               f"tags.`mlflow.parentRunId` = '{self.state['parent_run_id']}'",
@@ -198,7 +206,7 @@ class MlflowSink:
 
     def _last_logged(self, run: str) -> int:
         if run not in self._logged:  # what an earlier process wrote: never write it twice
-            history = self.client.get_metric_history(run, "val_loss")
+            history = self.client.get_metric_history(run, "val_loss") if self.earlier else []
             self._logged[run] = max((m.step for m in history), default=0)
         return self._logged[run]
 
@@ -283,7 +291,7 @@ class MlflowSink:
 class SyncThread:
     """Runs ``sink.sync()`` every ``every`` seconds off the Tune loop, retrying on failure."""
 
-    def __init__(self, sink: MlflowSink, every: float = 2.0, stream=None):
+    def __init__(self, sink: MlflowSink, every: float = 5.0, stream=None):
         self.sink = sink
         self.every = every
         self.stream = stream
