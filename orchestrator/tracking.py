@@ -31,7 +31,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 STATE_FILE = "mlflow.json"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "samples_per_second")
-NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name")
+NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name", "gpu_model", "gpu_count",
+             "cpu_model", "cpu_count", "torch", "cuda")
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FINISHED",
               "failed": "FAILED"}
 
@@ -50,26 +51,6 @@ def artifact_root(uri: str, workdir: str | Path) -> str | None:
     if uri.startswith("sqlite:"):
         return (Path(workdir).expanduser().resolve() / "mlartifacts").as_uri()
     return None
-
-
-def hardware_fingerprint() -> dict:
-    """What the best hyperparameters depend on: GPU model and count, CPU, torch, CUDA."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return {"gpu_model": torch.cuda.get_device_name(0) if gpus else "", "gpu_count": gpus,
-            "cpu_model": cpu, "cpu_count": os.cpu_count() or 0, "torch": torch.__version__,
-            "cuda": torch.version.cuda or ""}
 
 
 class MlflowSink:

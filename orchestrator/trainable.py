@@ -28,6 +28,7 @@ from ray import tune
 
 from models.config import split_config
 from models.train import fit, load_checkpoint
+from orchestrator.hardware import hardware_fingerprint
 from orchestrator.records import ORPHANS
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
@@ -154,7 +155,7 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
             "device": device, "gpu_name": torch.cuda.get_device_name(0) if device == "cuda"
-            else "", "pid": os.getpid()}
+            else "", "pid": os.getpid(), **hardware_fingerprint()}
 
     def result(metrics: dict, replayed: bool = False) -> dict:
         diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))

@@ -49,6 +49,8 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
         assert tags["caviar.status"] == row["status"] and tags["caviar.round"] == row["round"]
         assert run.data.params["lr"] == row["lr"] and run.data.params["seed"] == row["seed"]
         assert tags["caviar.device"] == "cpu" and tags["caviar.node_id"]
+        assert tags["caviar.torch"].startswith("2.") and tags["caviar.cpu_model"]
+        assert tags["caviar.gpu_count"] == "0"  # no GPU here
         for key in ("train_loss", "val_loss", "val_accuracy"):
             history = c.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == [1, 2, 3], key
