@@ -23,6 +23,7 @@ from orchestrator.sweepfile import SweepSpec
 
 PACKAGES = ("orchestrator", "models", "searchspaces")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 60.0  # how long a "no available agent, try again later" is retried
 
 
 def stage(spec: SweepSpec, raw: dict, into: Path) -> Path:
@@ -67,10 +68,18 @@ def submit(spec: SweepSpec, raw: dict, address: str, workdir: str, *, wait: bool
         entry = f"python -m orchestrator.cli sweep sweep.yaml --workdir {shlex.quote(workdir)}"
         if resume:
             entry += " --resume"
-        job_id = client.submit_job(
-            entrypoint=entry, runtime_env={"working_dir": tmp},
-            metadata={"caviar_sweep": spec.name},
-            submission_id=f"caviar-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        submission_id = f"caviar-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = client.submit_job(
+                    entrypoint=entry, runtime_env={"working_dir": tmp},
+                    metadata={"caviar_sweep": spec.name}, submission_id=submission_id)
+                break
+            except RuntimeError as e:  # a head just started: its job agent is not up yet
+                if "try again later" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
     print(f"caviar: submitted sweep {spec.name!r} to {address} as job {job_id}", file=stream,
           flush=True)
     if not wait:
