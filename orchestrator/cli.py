@@ -236,7 +236,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from orchestrator.sweep import LOG_FILE
+    from orchestrator.records import LOG_FILE
     from orchestrator.tracking import STATE_FILE, MlflowSink
 
     workdir = Path(args.workdir).expanduser()

@@ -88,6 +88,8 @@ def trial_status(trial_status_: str, last: dict, epochs: int, errored: bool) -> 
     return "early_stopped"
 
 
+LOG_FILE = "trials.jsonl"  # the event log, in <workdir>/<sweep>/
+STATE_FILE = "strategy.json"  # the strategy's rounds and boxes, beside it
 KEEP_CHECKPOINTS = 2
 ORPHANS = "orphans"  # checkpoints of trials a resumed Tune no longer knows
 PRUNE_AFTER_S = 60.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.records import TrialLog
+from orchestrator.records import LOG_FILE, STATE_FILE, TrialLog
 from orchestrator.strategies import SEED_KEY
 from orchestrator.trainable import hyperparameters
 
@@ -62,8 +62,6 @@ def build_summary(spec, paths: dict, results, started: float,
                   budget: int | None = None) -> tuple[dict, list[dict]]:
     """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
     metric, mode = spec.metric["name"], spec.metric["mode"]
-    from orchestrator.sweep import LOG_FILE, STATE_FILE
-
     log = TrialLog(paths["dir"] / LOG_FILE)
     errors = {}
     for r in results or []:

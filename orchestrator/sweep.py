@@ -29,16 +29,19 @@ from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
 from orchestrator.hardware import hardware_fingerprint  # noqa: E402
-from orchestrator.records import ORPHANS, RecordingCallback, prune_checkpoints  # noqa: E402
+from orchestrator.records import (  # noqa: E402
+    LOG_FILE,
+    ORPHANS,
+    STATE_FILE,
+    RecordingCallback,
+    prune_checkpoints,
+)
 from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweepfile import SweepSpec  # noqa: E402
 from orchestrator.tracking import MlflowSink, SyncThread, resolve_uri  # noqa: E402
 from orchestrator.trainable import train_trial  # noqa: E402
 from searchspaces import SpecError  # noqa: E402
-
-STATE_FILE = "strategy.json"
-LOG_FILE = "trials.jsonl"
 
 
 def trial_dirname(trial) -> str:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from ray.tune.search import Searcher
 
-from orchestrator.strategies._base import RoundRecord, Strategy
+from orchestrator.strategies._base import RoundRecord, Strategy, whole_space_round
 from searchspaces import ChoiceParameter
 from searchspaces.sampling import quasi_random_unit, random_unit
 
@@ -27,13 +27,8 @@ class _Box:
 
     @classmethod
     def whole(cls, space) -> _Box:
-        intervals, choices = {}, {}
-        for p in space.tuned:
-            if isinstance(p, ChoiceParameter):
-                choices[p.name] = list(p.values)
-            else:
-                intervals[p.name] = [0.0, 1.0]
-        return cls(intervals, choices)
+        r = whole_space_round(space)
+        return cls(r.box, r.choices)
 
     def place(self, space, u: np.ndarray) -> list[float]:
         """Maps a point of the unit cube into this box."""
