@@ -263,6 +263,60 @@ def cmd_sync(args) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def _read_rows(path: str, feature_names: list):
+    """Raw feature rows from a csv, parquet or npz file, in the model's feature order."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            if "X" not in npz.files:
+                raise UsageError(f"{path}: no array 'X' (the feature rows)")
+            return npz["X"]
+    import pandas as pd
+
+    frame = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+    missing = [c for c in feature_names if c not in frame.columns]
+    if missing and frame.shape[1] == len(feature_names):
+        return frame.to_numpy(dtype=float)  # unnamed columns, in training order
+    if missing:
+        raise UsageError(f"{path}: missing feature column(s) {', '.join(missing[:5])}; the "
+                         f"model was trained on {', '.join(feature_names[:8])}...")
+    return frame[feature_names].to_numpy(dtype=float)
+
+
+def cmd_predict(args) -> int:
+    from models.serving import META, load_model, predict
+    from orchestrator.tracking import resolve_uri
+
+    model_dir = Path(args.model)
+    if not (model_dir / META).is_file():
+        import mlflow
+
+        uri = resolve_uri(args.tracking_uri, None, args.workdir)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)  # models:/ URIs are looked up in the registry
+        try:
+            model_dir = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=args.model, tracking_uri=uri))
+        except Exception as e:  # noqa: BLE001 - an unknown name, version or alias
+            raise UsageError(f"{args.model}: cannot be fetched from {uri} ({e})") from None
+        if not (model_dir / META).is_file():
+            raise UsageError(f"{args.model}: not a caviar model (no {META})")
+    net, meta = load_model(model_dir)
+    rows = _read_rows(args.data, meta["feature_names"])
+    try:
+        labels, probs = predict(net, meta, rows)
+    except ValueError as e:
+        raise UsageError(f"{args.data}: {e}") from None
+    for i, (label, p) in enumerate(zip(labels, probs)):
+        print(json.dumps({"row": i, "class": label, "probabilities": {
+            str(c): round(float(v), 6) for c, v in zip(meta["classes"], p)}}))
+    return EXIT_OK
+
+
 def cmd_submit(args) -> int:
     from orchestrator.submit import submit
     from orchestrator.sweepfile import parse_sweep
@@ -369,6 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="where to write (default: where each sweep was tracking)")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("predict", parents=[common], help="predict with a registered model",
+                       description="Print one JSON line per row of DATA: the predicted class "
+                       "and the probabilities, with the model's stored normalisation. MODEL is "
+                       "a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model) "
+                       "or a model folder (WORKDIR/SWEEP/model).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("data", metavar="DATA", help="a csv or parquet file with the model's "
+                   "feature columns (a label column is ignored), or an npz with an array X")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the MLflow registry (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///WORKDIR/mlflow.db)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job",
                        description="Send a sweep to a Ray cluster as a Ray Job: caviar's code, "

@@ -40,7 +40,7 @@ from orchestrator.report import build_summary, print_top, top_table, write_outpu
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweepfile import SweepSpec  # noqa: E402
 from orchestrator.tracking import MlflowSink, SyncThread, resolve_uri  # noqa: E402
-from orchestrator.trainable import train_trial  # noqa: E402
+from orchestrator.trainable import BEST_FILE, train_trial  # noqa: E402
 from searchspaces import SpecError  # noqa: E402
 
 
@@ -188,6 +188,51 @@ def finish_tracking(sink: MlflowSink | None, written: bool, spec: SweepSpec, pat
               "`caviar sync` retries", file=stream)
 
 
+def export_best(spec: SweepSpec, paths: dict, summary: dict, data) -> Path | None:
+    """The best trial's net at its best epoch, as ``<workdir>/<name>/model/``."""
+    best = summary.get("best")
+    if not best:
+        return None
+    path = paths["experiment"] / f"trial_{best['trial_id']}" / BEST_FILE
+    if not path.exists():
+        return None
+    from models.serving import export_model
+    from models.train import load_checkpoint
+
+    out = paths["dir"] / "model"
+    if out.exists():
+        shutil.rmtree(out)
+    return export_model(load_checkpoint(path), data, out, metrics=best["metrics"])
+
+
+def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: Path,
+                  stream) -> dict | None:
+    """Logs the model folder to the parent run and registers it as a new model version.
+
+    MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
+    and JSON is registered through ``create_model_version`` (see FACTS.md)."""
+    name = spec.register["name"]
+    best = summary["best"]
+    try:
+        c = sink.client
+        parent = sink.state["parent_run_id"]
+        c.log_artifacts(parent, str(model_dir), "model")
+        if not c.search_registered_models(filter_string=f"name = '{name}'"):
+            c.create_registered_model(name)
+        source = f"{c.get_run(parent).info.artifact_uri}/model"
+        tags = {"caviar.sweep": spec.name, "caviar.trial_id": best["trial_id"],
+                **{f"metric.{k}": str(v) for k, v in best["metrics"].items() if v is not None},
+                **{f"hp.{k}": str(v) for k, v in best["config"].items()}}
+        version = c.create_model_version(name, source, run_id=parent, tags=tags)
+        print(f"caviar: registered {name!r} version {version.version} "
+              f"(models:/{name}/{version.version})", file=stream)
+        return {"name": name, "version": str(version.version)}
+    except Exception as e:  # noqa: BLE001 - the sweep's results stand without it
+        print(f"caviar: could not register {name!r} ({type(e).__name__}: {e}); the model is "
+              f"in {model_dir}", file=stream)
+        return None
+
+
 def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
               address: str | None = None, resume: bool = False, fresh: bool = False,
               tracking_uri: str | None = None, stream=None) -> dict:
@@ -220,9 +265,6 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
             if p.exists():
                 shutil.move(str(p), str(p.with_name(f"{p.name}.old-{stamp}")))
 
-    if spec.register:
-        print(f"caviar: note: register: {spec.register['name']!r} is checked but not acted on "
-              "yet: the model registry comes with MLflow tracking", file=stream)
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
     connect(address)
     check_resources(spec)
@@ -234,7 +276,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, model=spec.model, epochs=spec.epochs,
                              cpus=spec.resources["cpu"], trials_dir=str(exp),
-                             tune_checkpoints=spec.scheduler["kind"] == "pbt"),
+                             tune_checkpoints=spec.scheduler["kind"] == "pbt",
+                             metric=metric, mode=mode),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     recorder = RecordingCallback(str(paths["dir"] / LOG_FILE), metric, mode, spec.epochs,
                                  strategy.budget, stream=stream, trials_dir=str(exp))
@@ -284,6 +327,12 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
                              "parent_run_id": sink.state["parent_run_id"]}
         if summary.get("best"):
             summary["best"]["mlflow_run_id"] = sink.state["runs"].get(summary["best"]["trial_id"])
+    model_dir = export_best(spec, paths, summary, data)
+    if model_dir is not None and sink is not None and written and spec.register:
+        summary["registered"] = register_best(sink, spec, summary, model_dir, stream)
+        if spec.register.get("promote"):
+            print("caviar: note: register.promote is not acted on yet (the production alias "
+                  "comes with the re-tune job)", file=stream)
     write_outputs(spec, paths, summary, rows)
     finish_tracking(sink, written, spec, paths, summary, stream)
     print_top(summary, top_table(rows, metric, mode), stream=stream)

@@ -53,6 +53,33 @@ def artifact_root(uri: str, workdir: str | Path) -> str | None:
     return None
 
 
+def ensure_sqlite_store(uri: str) -> None:
+    """Creates an embedded sqlite store whole or not at all.
+
+    A new store runs MLflow's migrations for seconds; a driver killed meanwhile
+    left a half-migrated file that no later command could open ("table
+    _alembic_tmp_runs already exists"). So the store is built under a temporary
+    name and renamed into place.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    try:  # another process may have won the race: keep its store
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class MlflowSink:
     """Writes a sweep's event log into MLflow: a parent run, one child run per trial."""
 
@@ -84,6 +111,7 @@ class MlflowSink:
         if self._client is None:
             from mlflow import MlflowClient
 
+            ensure_sqlite_store(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -233,7 +261,7 @@ class MlflowSink:
             for k, v in p.pop("hp", {}).items():
                 p["metrics"].append(Metric(f"hp_{k}", v, ts, step))
             for key in NODE_TAGS:
-                if m.get(key):
+                if m.get(key) is not None:
                     p["tags"][f"caviar.{key}"] = str(m[key])
             self._logged[run] = max(self._logged.get(run, 0), step)
         elif kind == "end":

@@ -130,8 +130,12 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
     return state, state["history"][known:]
 
 
+BEST_FILE = "best.pt"  # the trial's checkpoint at its best epoch (the sweep's metric)
+
+
 def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
-                trials_dir: str | None = None, tune_checkpoints: bool = False) -> None:
+                trials_dir: str | None = None, tune_checkpoints: bool = False,
+                metric: str = "val_loss", mode: str = "min") -> None:
     """Trains one configuration; Tune calls it with the trial's config.
 
     Args:
@@ -180,9 +184,19 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
     if replay:
         report(replay[-1], lambda path: torch.save(resume, path), replayed=True)
 
+    best = [None]
+    if resume is not None:  # the best so far of the line this trial continues
+        values = [m[metric] for m in resume["history"] if math.isfinite(m.get(metric, math.nan))]
+        best[0] = (min if mode == "min" else max)(values) if values else None
+
     def on_epoch(metrics: dict, run) -> None:
         if own_dir is not None:
             save_epoch(run, own_dir)
+            v = metrics.get(metric)
+            if v is not None and math.isfinite(v) and (
+                    best[0] is None or (v < best[0] if mode == "min" else v > best[0])):
+                best[0] = v
+                run.save_checkpoint(own_dir / BEST_FILE)  # the model a sweep registers
         report(metrics, run.save_checkpoint)
 
     fit(data, model_config, hparams, epochs=epochs, seed=seed, device=device,

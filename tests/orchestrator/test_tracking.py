@@ -93,3 +93,58 @@ def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_pat
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2]  # every epoch, once
         assert run.info.status == "FINISHED"
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_path):
+    import numpy as np
+    import torch
+
+    from models.data import load as load_data
+    from models.serving import load_model, predict
+    from models.train import load_checkpoint
+    from orchestrator.trainable import BEST_FILE
+
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 3}, epochs=4,
+                                  register={"name": "tiny-classifier"}))
+    summary = run_sweep(spec, tmp_path / "w")
+    assert summary["registered"] == {"name": "tiny-classifier", "version": "1"}
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    version = c.get_model_version("tiny-classifier", "1")
+    assert version.tags["caviar.trial_id"] == summary["best"]["trial_id"]
+    assert float(version.tags["metric.val_loss"]) == pytest.approx(
+        summary["best"]["metrics"]["val_loss"])
+
+    # The trial's own net at its best epoch, straight from its checkpoint ...
+    state = load_checkpoint(tmp_path / "w" / "ray" / "t" /
+                            f"trial_{summary['best']['trial_id']}" / BEST_FILE)
+    assert state["epoch"] == summary["best"]["epoch"]
+    data = load_data(spec.data)
+    from models.config import MLPConfig
+    from models.net import MLP
+
+    own = MLP(data.n_features, data.n_classes, MLPConfig(**state["model_config"]))
+    own.load_state_dict(state["model"])
+    expected = own.predict_proba(torch.as_tensor(data.x_test)).argmax(dim=1).numpy()
+
+    # ... and the registered model, through the CLI, on raw (unstandardised) rows.
+    raw = data.x_test * data.std + data.mean
+    rows = ["x" + ",x".join(str(i) for i in range(data.n_features))]
+    rows[0] = ",".join(data.feature_names)
+    rows += [",".join(f"{v:.9g}" for v in r) for r in raw]
+    (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "predict",
+                          "models:/tiny-classifier/1", str(tmp_path / "rows.csv"),
+                          "--tracking-uri", uri], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == len(raw)
+    classes = [data.classes.index(line["class"]) for line in lines]
+    assert np.array_equal(classes, expected)
+    assert all(abs(sum(line["probabilities"].values()) - 1) < 1e-4 for line in lines)
+    # loading the registered folder directly gives the same
+    net, meta = load_model(tmp_path / "w" / "t" / "model")
+    labels, _ = predict(net, meta, raw)
+    assert [data.classes.index(x) for x in labels] == list(expected)

@@ -1,0 +1,71 @@
+"""A trained model as files: weights plus JSON, loaded back without unpickling code.
+
+``weights.pt`` holds the net's state dict (read with ``torch.load(weights_only=True)``);
+``model.json`` holds the net's config, the training split's mean and std (inputs
+are standardised with them before the net sees them), the class labels and the
+feature names, and the metrics the model was chosen on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.config import MLPConfig
+from models.net import MLP
+
+WEIGHTS, META = "weights.pt", "model.json"
+
+
+def export_model(state: dict, data, out_dir: str | Path, metrics: dict | None = None) -> Path:
+    """Writes a trainer checkpoint's net as a servable model folder.
+
+    Args:
+        state: a checkpoint (``TrainingRun.state_dict()`` / ``load_checkpoint``).
+        data: the Dataset it was trained on (for mean, std, classes, feature names).
+        out_dir: the folder to write.
+        metrics: what the model was chosen on (kept in model.json).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state["model"], out / WEIGHTS)
+    meta = {
+        "format": 1,
+        "model_config": state["model_config"],
+        "hparams": state["hparams"],
+        "n_features": state["shape"][0],
+        "n_classes": state["shape"][1],
+        "epoch": state["epoch"],
+        "seed": state["seed"],
+        "classes": list(data.classes),
+        "feature_names": list(data.feature_names),
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+        "metrics": metrics or {},
+    }
+    (out / META).write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def load_model(model_dir: str | Path) -> tuple[MLP, dict]:
+    """(the net in eval mode, its model.json) from a folder ``export_model`` wrote."""
+    d = Path(model_dir)
+    meta = json.loads((d / META).read_text())
+    net = MLP(meta["n_features"], meta["n_classes"], MLPConfig(**meta["model_config"]))
+    net.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
+    net.eval()
+    return net, meta
+
+
+def predict(net: MLP, meta: dict, x: np.ndarray) -> tuple[list, np.ndarray]:
+    """(predicted class labels, probabilities (rows, classes)) for raw, unstandardised rows."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != meta["n_features"]:
+        raise ValueError(f"the model takes rows of {meta['n_features']} features "
+                         f"({', '.join(meta['feature_names'][:5])}...), got shape {x.shape}")
+    z = (x - np.asarray(meta["mean"])) / np.asarray(meta["std"])
+    probs = net.predict_proba(torch.as_tensor(z, dtype=torch.float32)).numpy()
+    return [meta["classes"][i] for i in probs.argmax(axis=1)], probs
