@@ -317,6 +317,36 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def cmd_ui(args) -> int:
+    """The MLflow UI for the embedded store, on 127.0.0.1, until Ctrl-C."""
+    import socket
+    import subprocess
+
+    from orchestrator.tracking import embedded_uri, ensure_sqlite_store
+
+    workdir = Path(args.workdir).expanduser().resolve()
+    if not (workdir / "mlflow.db").exists():
+        raise UsageError(f"{workdir}: no MLflow store here (mlflow.db) yet: run a sweep "
+                         "first, or pass the --workdir it used")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            raise UsageError(f"port {args.port} on 127.0.0.1 is taken: pass --port")
+    uri = embedded_uri(workdir)
+    ensure_sqlite_store(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--default-artifact-root", (workdir / "mlartifacts").as_uri(),
+           "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    server = subprocess.Popen(cmd)
+    print(f"caviar: MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
+        return EXIT_OK
+
+
 def cmd_submit(args) -> int:
     from orchestrator.submit import submit
     from orchestrator.sweepfile import parse_sweep
@@ -423,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="where to write (default: where each sweep was tracking)")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("ui", parents=[common], help="the MLflow UI for the embedded store",
+                       description="Start the MLflow UI for WORKDIR's embedded store "
+                       "(sqlite:///WORKDIR/mlflow.db) on 127.0.0.1 and print its address. "
+                       "Ctrl-C stops it.")
+    p.add_argument("--port", type=int, default=5000, help="default %(default)s")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("predict", parents=[common], help="predict with a registered model",
                        description="Print one JSON line per row of DATA: the predicted class "
