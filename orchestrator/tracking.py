@@ -336,7 +336,7 @@ class SyncThread:
         """Asks the thread to stop after its current sync."""
         self._stop.set()
 
-    def stop(self, deadline_s: float = 15.0) -> bool:
+    def stop(self, deadline_s: float = 30.0) -> bool:
         """Stops the thread and writes what is left, retrying until ``deadline_s``.
 
         Returns False when MLflow still did not answer: the records wait on disk."""

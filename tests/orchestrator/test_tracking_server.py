@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -38,22 +39,41 @@ def _wait_healthy(url: str, proc, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer /health in {timeout} s")
 
 
+class Server:
+    """A real MLflow tracking server process: its own sqlite file, a fixed free port."""
+
+    def __init__(self, tmp_path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                    "--port", str(self.port),
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "server-artifacts"),
+                    "--workers", "1"]
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_healthy(self.url, self.proc)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=60)
+
+
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server: its own sqlite file, a random free port."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+def server(tmp_path):
+    s = Server(tmp_path)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.url
 
 
 @pytest.mark.usefixtures("ray_shutdown")
@@ -106,3 +126,36 @@ def test_caviar_ui_without_a_store_says_so(tmp_path):
     ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 2 and "no MLflow store here" in ran.stderr
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_server_down_for_20_s_mid_sweep_loses_nothing(server, write_sweep, tmp_path):
+    spec = load_sweep(write_sweep(
+        data={"source": "synthetic", "size": 50000, "n_features": 30, "classes": 4},
+        strategy={"kind": "random", "trials": 16}, epochs=20))
+    log = tmp_path / "w" / "t" / "trials.jsonl"
+    outage = {}
+
+    def stop_then_restart():
+        while not (log.exists() and log.read_text().count('"result"') >= 3):
+            time.sleep(0.2)
+        server.stop(signal.SIGKILL)  # gone at once, mid-sweep
+        outage["from"] = log.read_text().count('"result"')
+        time.sleep(20)
+        outage["during"] = log.read_text().count('"result"') - outage["from"]
+        server.start()
+
+    t = threading.Thread(target=stop_then_restart, daemon=True)
+    t.start()
+    summary = run_sweep(spec, tmp_path / "w", tracking_uri=server.url)
+    t.join(timeout=120)
+    assert outage.get("during", 0) > 0, "no epoch was reported while the server was down"
+    assert summary["trials"]["completed"] == 16
+    c = MlflowClient(server.url)
+    runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    children = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"]
+    assert len(children) == 16 and len(runs) == 17
+    for r in children:  # every epoch, once: nothing lost, nothing written twice
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_loss"))
+        assert steps == list(range(1, 21)), steps
+        assert r.info.status == "FINISHED"
