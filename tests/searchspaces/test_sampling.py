@@ -340,5 +340,8 @@ def test_lr_vs_eps_space(lr_vs_eps):
 @pytest.mark.parametrize("strategy", ["random", "quasi_random", "grid"])
 def test_the_model_accepts_every_config_sampled_from_a_shipped_space(name, strategy):
     space = SearchSpace.from_file(SPACES / name, RULES)
-    for config in sample(space, strategy, 50, 0):
-        split_config(config)  # raises on a value the model refuses
+    configs = sample(space, strategy, 50, 0)
+    assert configs
+    for config in configs:
+        model_config, hparams = split_config(config)  # raises on a value the model refuses
+        assert hparams.lr > 0 and model_config.layers >= 1
