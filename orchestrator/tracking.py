@@ -104,6 +104,7 @@ class MlflowSink:
         self._client = None
         self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
         self._fresh: set[str] = set()  # runs this process has written to
+        self._written: dict[str, set] = {}  # run -> (step, time) of results it wrote
         self._started = False
 
     @property
@@ -209,9 +210,7 @@ class MlflowSink:
                           "caviar.status": "running"})
                 runs[tid] = run.info.run_id
             self._save()  # the map first: a crash now must not create a second run
-        run = runs[tid]
-        pending.setdefault(run, {"metrics": [], "params": {}, "tags": {}, "end": None})
-        return run
+        return runs[tid]
 
     def _last_logged(self, run: str) -> int:
         if run not in self._logged:  # what an earlier process wrote: never write it twice
@@ -219,56 +218,67 @@ class MlflowSink:
             self._logged[run] = max((m.step for m in history), default=0)
         return self._logged[run]
 
+    def _pending(self, pending: dict, run: str) -> dict:
+        return pending.setdefault(run, {"metrics": [], "keys": set(), "params": {},
+                                        "tags": {}, "hp": {}, "end": None})
+
     def _apply(self, e: dict, pending: dict) -> None:
+        """Adds one event to the pending writes. Nothing here changes what this sink
+        believes MLflow holds: that changes in ``_flush``, run by run, once written."""
         from mlflow.entities import Metric
 
         tid, kind = e["trial_id"], e["event"]
         if kind == "forget":  # started after Tune's last snapshot; re-run under a new id
             run = self.state["runs"].get(tid)
             if run:
-                pending.setdefault(run, {"metrics": [], "params": {}, "tags": {}, "end": None})
-                pending[run]["tags"]["caviar.status"] = "forgotten"
-                pending[run]["end"] = "KILLED"
+                p = self._pending(pending, run)
+                p["tags"]["caviar.status"] = "forgotten"
+                p["end"] = "KILLED"
             return
         run = self._run_for(tid, e, pending)
-        p = pending[run]
+        p = self._pending(pending, run)
         if kind == "start":
             config = e["config"]
-            hps = {**hyperparameters(config), "seed": config.get("_seed")}
-            known = self.state["config"].setdefault(run, {})
+            hps = {k: str(v) for k, v in
+                   {**hyperparameters(config), "seed": config.get("_seed")}.items()}
+            known = self.state["config"].get(run) or p["params"]
             if not known:
-                p["params"].update({k: str(v) for k, v in hps.items()})
-                known.update({k: str(v) for k, v in hps.items()})
+                p["params"].update(hps)
             else:  # PBT changed them: MLflow refuses new param values, so tags and metrics
+                raw = {**hyperparameters(config), "seed": config.get("_seed")}
                 for k, v in hps.items():
-                    if str(v) != known.get(k):
-                        p["tags"][f"caviar.hp.{k}"] = str(v)
-                        if isinstance(v, (int, float)) and not isinstance(v, bool):
-                            p.setdefault("hp", {})[k] = float(v)
+                    if v != known.get(k):
+                        p["tags"][f"caviar.hp.{k}"] = v
+                        if isinstance(raw[k], (int, float)) and not isinstance(raw[k], bool):
+                            p["hp"][k] = float(raw[k])
             p["tags"]["caviar.status"] = "running"
             p["end"] = None
         elif kind == "result":
-            step = int(e["epoch"])
+            step, ts = int(e["epoch"]), int(e["time"] * 1000)
+            if (step, ts) in self._written.get(run, ()):
+                return  # written by an attempt of this process whose cursor did not move
             if e.get("replayed") and step <= self._last_logged(run):
                 return
             if step <= self._last_logged(run) and run not in self._fresh:
                 return  # an earlier process wrote it (its cursor was not saved yet)
-            ts = int(e["time"] * 1000)
             m = e["metrics"]
             for key in METRICS:
                 if m.get(key) is not None:
                     p["metrics"].append(Metric(key, float(m[key]), ts, step))
-            for k, v in p.pop("hp", {}).items():
+            for k, v in p["hp"].items():
                 p["metrics"].append(Metric(f"hp_{k}", v, ts, step))
+            p["hp"] = {}
+            p["keys"].add((step, ts))
             for key in NODE_TAGS:
                 if m.get(key) is not None:
                     p["tags"][f"caviar.{key}"] = str(m[key])
-            self._logged[run] = max(self._logged.get(run, 0), step)
         elif kind == "end":
             p["tags"]["caviar.status"] = e["status"]
             p["end"] = RUN_STATUS.get(e["status"], "FINISHED")
 
     def _flush(self, pending: dict) -> None:
+        """Writes the pending batches run by run; after each run's success, records what
+        MLflow now holds, so a retry after a failure midway writes the rest, and only it."""
         from mlflow.entities import Param, RunTag
 
         for run, p in pending.items():
@@ -279,6 +289,11 @@ class MlflowSink:
                 self.client.log_batch(run, metrics=metrics[i:i + 1000],
                                       params=params if i == 0 else [],
                                       tags=tags if i == 0 else [])
+            if p["params"]:
+                self.state["config"][run] = dict(p["params"])
+            self._written.setdefault(run, set()).update(p["keys"])
+            if p["keys"]:
+                self._logged[run] = max(self._last_logged(run), *(k[0] for k in p["keys"]))
             self._fresh.add(run)
             if p["end"]:
                 self.client.set_terminated(run, p["end"])
@@ -322,8 +337,9 @@ class SyncThread:
             self.sink.sync()
         except Exception as e:  # noqa: BLE001 - the server is down: keep the log, retry
             if self.error is None and self.stream is not None:
-                print(f"caviar: MLflow at {self.sink.uri} is not answering ({type(e).__name__});"
-                      " the sweep goes on, records wait on disk", file=self.stream, flush=True)
+                print(f"caviar: MLflow at {self.sink.uri} is not answering ({type(e).__name__}: "
+                      f"{str(e)[:200]}); the sweep goes on, records wait on disk",
+                      file=self.stream, flush=True)
             self.error = e
             return False
         if self.error is not None and self.stream is not None:
