@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from orchestrator.trainable import hyperparameters
@@ -106,6 +107,7 @@ class MlflowSink:
         self._fresh: set[str] = set()  # runs this process has written to
         self._written: dict[str, set] = {}  # run -> (step, time) of results it wrote
         self._started = False
+        self._doubt = False  # a create may have been made without our knowing: search first
 
     @property
     def client(self):
@@ -139,19 +141,33 @@ class MlflowSink:
             exp = c.get_experiment_by_name(self.experiment)
             self.state["experiment_id"] = exp.experiment_id if exp else c.create_experiment(
                 self.experiment, artifact_location=artifact_root(self.uri, self.workdir))
+        from mlflow.entities import Param
+
         parent = self.state["parent_run_id"]
         if parent is None:
-            from mlflow.entities import Param
-
-            run = c.create_run(self.state["experiment_id"], run_name=tags.get("mlflow.runName"),
-                               tags={"caviar.kind": "sweep", **tags})
-            parent = run.info.run_id
-            c.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+            uid = self.state.setdefault("sweep_uid", uuid.uuid4().hex)
+            # A create whose answer was lost (the server died mid-request) may have made
+            # the run: look for it by its uid before making another.
+            found = self._doubt and c.search_runs(
+                [self.state["experiment_id"]],
+                filter_string=f"tags.`caviar.sweep_uid` = '{uid}'", max_results=1)
+            if found:
+                parent = found[0].info.run_id
+            else:
+                self._doubt = True  # until this create is known to have answered
+                parent = c.create_run(self.state["experiment_id"],
+                                      run_name=tags.get("mlflow.runName"),
+                                      tags={"caviar.kind": "sweep", "caviar.sweep_uid": uid,
+                                            **tags}).info.run_id
+                self._doubt = False
             self.state["parent_run_id"] = parent
-        else:
+            self._save()
+        elif not self._started:
             c.update_run(parent, status="RUNNING")
-            self.state["parent_run_id"] = parent
             self.close_orphans()
+        if not self.state.get("parent_params_logged"):
+            c.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+            self.state["parent_params_logged"] = True
         self._save()
         return parent
 
@@ -193,7 +209,7 @@ class MlflowSink:
     def _run_for(self, tid: str, event: dict, pending: dict) -> str:
         runs = self.state["runs"]
         if tid not in runs:
-            found = self.earlier and self.client.search_runs(
+            found = (self.earlier or self._doubt) and self.client.search_runs(
                 [self.state["experiment_id"]],
                 filter_string=f"tags.`caviar.trial_id` = '{tid}' and "
                               f"tags.`mlflow.parentRunId` = '{self.state['parent_run_id']}'",
@@ -202,6 +218,7 @@ class MlflowSink:
                 runs[tid] = found[0].info.run_id
             else:
                 config = event.get("config", {})
+                self._doubt = True  # until this create is known to have answered
                 run = self.client.create_run(
                     self.state["experiment_id"], run_name=f"trial-{tid}",
                     tags={"mlflow.parentRunId": self.state["parent_run_id"],
@@ -209,6 +226,7 @@ class MlflowSink:
                           "caviar.round": str(config.get("_round", 0)),
                           "caviar.status": "running"})
                 runs[tid] = run.info.run_id
+                self._doubt = False
             self._save()  # the map first: a crash now must not create a second run
         return runs[tid]
 
