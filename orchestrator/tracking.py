@@ -104,7 +104,7 @@ class MlflowSink:
                 self.earlier = True
         self._client = None
         self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
-        self._fresh: set[str] = set()  # runs this process has written to
+        self._earlier: dict[str, int] = {}  # run -> last step earlier processes wrote
         self._written: dict[str, set] = {}  # run -> (step, time) of results it wrote
         self._started = False
         self._doubt = False  # a create may have been made without our knowing: search first
@@ -230,10 +230,16 @@ class MlflowSink:
             self._save()  # the map first: a crash now must not create a second run
         return runs[tid]
 
+    def _earlier_steps(self, run: str) -> int:
+        """The last step earlier processes wrote to this run: fixed for this process, so
+        a retried batch judges the same events the same way."""
+        self._last_logged(run)  # the first call reads MLflow and sets it
+        return self._earlier.get(run, 0)
+
     def _last_logged(self, run: str) -> int:
         if run not in self._logged:  # what an earlier process wrote: never write it twice
             history = self.client.get_metric_history(run, "val_loss") if self.earlier else []
-            self._logged[run] = max((m.step for m in history), default=0)
+            self._logged[run] = self._earlier[run] = max((m.step for m in history), default=0)
         return self._logged[run]
 
     def _pending(self, pending: dict, run: str) -> dict:
@@ -275,9 +281,10 @@ class MlflowSink:
             step, ts = int(e["epoch"]), int(e["time"] * 1000)
             if (step, ts) in self._written.get(run, ()):
                 return  # written by an attempt of this process whose cursor did not move
-            if e.get("replayed") and step <= self._last_logged(run):
-                return
-            if step <= self._last_logged(run) and run not in self._fresh:
+            pending_steps = {k[0] for k in p["keys"]}
+            if e.get("replayed") and (step <= self._last_logged(run) or step in pending_steps):
+                return  # read back from a checkpoint: MLflow has it, or this batch does
+            if step <= self._earlier_steps(run):
                 return  # an earlier process wrote it (its cursor was not saved yet)
             m = e["metrics"]
             for key in METRICS:
@@ -312,7 +319,6 @@ class MlflowSink:
             self._written.setdefault(run, set()).update(p["keys"])
             if p["keys"]:
                 self._logged[run] = max(self._last_logged(run), *(k[0] for k in p["keys"]))
-            self._fresh.add(run)
             if p["end"]:
                 self.client.set_terminated(run, p["end"])
 
