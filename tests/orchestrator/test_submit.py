@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 from ray.cluster_utils import Cluster
 
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -32,7 +26,7 @@ def ray_head(monkeypatch):
     """
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    dash = _free_port()
+    dash = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": dash})
@@ -67,7 +61,7 @@ def test_submit_to_nothing_fails_clearly(write_sweep):
     sweep = write_sweep()
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "submit", str(sweep), "--address",
-         f"http://127.0.0.1:{_free_port()}"], cwd=REPO, capture_output=True, text=True,
+         f"http://127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True, text=True,
         timeout=120)
     assert done.returncode == 1
     assert "cannot reach the Ray dashboard" in done.stderr and "Traceback" not in done.stderr

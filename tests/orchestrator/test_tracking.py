@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 from mlflow import MlflowClient
 
 from orchestrator.sweep import run_sweep
@@ -61,16 +60,11 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
         pytest.approx(best["metrics"]["val_loss"])
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_path):
     sweep = write_sweep(strategy={"kind": "random", "trials": 3}, epochs=2)
     workdir = tmp_path / "w"
-    down = f"http://127.0.0.1:{_closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     env_cmd = [sys.executable, "-m", "orchestrator.cli"]
     ran = subprocess.run([*env_cmd, "sweep", str(sweep), "--workdir", str(workdir),
                           "--tracking-uri", down], cwd=REPO, capture_output=True, text=True,

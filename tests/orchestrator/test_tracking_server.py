@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,17 +11,11 @@ import time
 import urllib.request
 
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 from mlflow import MlflowClient
 
 from orchestrator.sweep import run_sweep
 from orchestrator.sweepfile import load_sweep
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc, timeout: float = 120.0) -> None:
@@ -43,7 +36,7 @@ class Server:
     """A real MLflow tracking server process: its own sqlite file, a fixed free port."""
 
     def __init__(self, tmp_path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                     "--port", str(self.port),
@@ -105,7 +98,7 @@ def test_caviar_ui_serves_the_embedded_store(write_sweep, tmp_path):
                           "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert ran.returncode == 0, ran.stderr
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
                            str(workdir), "--port", str(port)], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
