@@ -237,7 +237,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_sync(args) -> int:
     from orchestrator.records import LOG_FILE
-    from orchestrator.tracking import STATE_FILE, MlflowSink
+    from orchestrator.tracking import STATE_FILE, MlflowSink, sweep_artifacts
 
     workdir = Path(args.workdir).expanduser()
     dirs = sorted(p.parent for p in workdir.glob(f"*/{STATE_FILE}"))
@@ -253,7 +253,7 @@ def cmd_sync(args) -> int:
             n = sink.sync()
             summary = d / "summary.json"
             if summary.exists() and json.loads(summary.read_text()).get("complete"):
-                sink.finish([summary, d / "trials.csv"])
+                sink.finish(sweep_artifacts(d))
         except Exception as e:  # noqa: BLE001 - report and go on with the next sweep
             print(f"caviar: {d.name}: MLflow at {uri} failed ({type(e).__name__}: {e})",
                   file=sys.stderr)
@@ -337,8 +337,14 @@ def cmd_ui(args) -> int:
            "--default-artifact-root", (workdir / "mlartifacts").as_uri(),
            "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     server = subprocess.Popen(cmd)
-    print(f"caviar: MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)",
-          file=sys.stderr, flush=True)
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"caviar: MLflow UI for {uri} at {url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    from mlflow import MlflowClient
+
+    for exp in MlflowClient(uri).search_experiments():
+        if exp.name != "Default":  # each sweep's runs: the parent, its trials nested under it
+            print(f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs",
+                  file=sys.stderr, flush=True)
     try:
         return server.wait()
     except KeyboardInterrupt:

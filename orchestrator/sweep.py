@@ -39,7 +39,7 @@ from orchestrator.records import (  # noqa: E402
 from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweepfile import SweepSpec  # noqa: E402
-from orchestrator.tracking import MlflowSink, SyncThread, resolve_uri  # noqa: E402
+from orchestrator.tracking import MlflowSink, SyncThread, resolve_uri, sweep_artifacts  # noqa: E402
 from orchestrator.trainable import BEST_FILE, train_trial  # noqa: E402
 from searchspaces import SpecError  # noqa: E402
 
@@ -177,8 +177,8 @@ def finish_tracking(sink: MlflowSink | None, written: bool, spec: SweepSpec, pat
               file=stream)
         return
     try:
-        artifacts = [Path(spec.source), paths["dir"] / "summary.json",
-                     paths["dir"] / "trials.csv"]
+        # the model folder went up before it was registered (log_model)
+        artifacts = [Path(spec.source), *sweep_artifacts(paths["dir"], model=False)]
         if spec.space.source and Path(spec.space.source).is_file():
             artifacts.append(Path(spec.space.source))
         sink.finish(artifacts, "FINISHED" if summary["complete"] else "KILLED",
@@ -186,6 +186,20 @@ def finish_tracking(sink: MlflowSink | None, written: bool, spec: SweepSpec, pat
     except Exception as e:  # noqa: BLE001
         print(f"caviar: could not finish the MLflow parent run ({type(e).__name__}: {e}); "
               "`caviar sync` retries", file=stream)
+
+
+def draw_plots(spec: SweepSpec, paths: dict, summary: dict, rows: list[dict], stream) -> dict:
+    """The sweep's PNGs in ``<sweep>/plots/``; returns the measured importances."""
+    from orchestrator.plots import PLOTS_DIR, make_plots
+
+    try:
+        _, shares = make_plots(spec.space, rows, summary.get("rounds", []),
+                               spec.metric["name"], spec.metric["mode"],
+                               paths["dir"] / PLOTS_DIR, seed=spec.seed)
+        return shares
+    except Exception as e:  # noqa: BLE001 - a plot never costs the sweep its results
+        print(f"caviar: could not draw the plots ({type(e).__name__}: {e})", file=stream)
+        return {}
 
 
 def export_best(spec: SweepSpec, paths: dict, summary: dict, data) -> Path | None:
@@ -205,9 +219,20 @@ def export_best(spec: SweepSpec, paths: dict, summary: dict, data) -> Path | Non
     return export_model(load_checkpoint(path), data, out, metrics=best["metrics"])
 
 
+def log_model(sink: MlflowSink, model_dir: Path, stream) -> bool:
+    """The best model's folder as the parent run's ``model/`` artifacts."""
+    try:
+        sink.client.log_artifacts(sink.state["parent_run_id"], str(model_dir), "model")
+        return True
+    except Exception as e:  # noqa: BLE001 - the sweep's results stand without it
+        print(f"caviar: could not log the model to MLflow ({type(e).__name__}: {e}); it is "
+              f"in {model_dir}", file=stream)
+        return False
+
+
 def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: Path,
                   stream) -> dict | None:
-    """Logs the model folder to the parent run and registers it as a new model version.
+    """Registers the parent run's ``model/`` (see log_model) as a new model version.
 
     MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
     and JSON is registered through ``create_model_version`` (see FACTS.md)."""
@@ -216,7 +241,6 @@ def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: P
     try:
         c = sink.client
         parent = sink.state["parent_run_id"]
-        c.log_artifacts(parent, str(model_dir), "model")
         if not c.search_registered_models(filter_string=f"name = '{name}'"):
             c.create_registered_model(name)
         source = f"{c.get_run(parent).info.artifact_uri}/model"
@@ -328,11 +352,13 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
         if summary.get("best"):
             summary["best"]["mlflow_run_id"] = sink.state["runs"].get(summary["best"]["trial_id"])
     model_dir = export_best(spec, paths, summary, data)
-    if model_dir is not None and sink is not None and written and spec.register:
+    if model_dir is not None and sink is not None and written and \
+            log_model(sink, model_dir, stream) and spec.register:
         summary["registered"] = register_best(sink, spec, summary, model_dir, stream)
         if spec.register.get("promote"):
             print("caviar: note: register.promote is not acted on yet (the production alias "
                   "comes with the re-tune job)", file=stream)
+    summary["importance"] = draw_plots(spec, paths, summary, rows, stream)
     write_outputs(spec, paths, summary, rows)
     finish_tracking(sink, written, spec, paths, summary, stream)
     print_top(summary, top_table(rows, metric, mode), stream=stream)

@@ -81,6 +81,13 @@ def ensure_sqlite_store(uri: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def sweep_artifacts(sweep_dir: str | Path, model: bool = True) -> list[Path]:
+    """What the parent run holds from the sweep's folder (the sweep file aside): folders
+    are logged under their own names."""
+    d = Path(sweep_dir)
+    return [d / "summary.json", d / "trials.csv", d / "plots", *([d / "model"] if model else [])]
+
+
 class MlflowSink:
     """Writes a sweep's event log into MLflow: a parent run, one child run per trial."""
 
@@ -139,8 +146,11 @@ class MlflowSink:
         c = self.client
         if self.state["experiment_id"] is None:
             exp = c.get_experiment_by_name(self.experiment)
+            # The kind tag makes MLflow 3's UI open the experiment on its training runs
+            # rather than its GenAI overview.
             self.state["experiment_id"] = exp.experiment_id if exp else c.create_experiment(
-                self.experiment, artifact_location=artifact_root(self.uri, self.workdir))
+                self.experiment, artifact_location=artifact_root(self.uri, self.workdir),
+                tags={"mlflow.experimentKind": "custom_model_development"})
         from mlflow.entities import Param
 
         parent = self.state["parent_run_id"]
@@ -173,9 +183,12 @@ class MlflowSink:
 
     def finish(self, artifacts: list[Path], status: str = "FINISHED",
                tags: dict | None = None) -> None:
+        """Logs the files (a folder goes under its own name), tags, and ends the parent."""
         parent = self.state["parent_run_id"]
-        for path in artifacts:
-            if Path(path).exists():
+        for path in map(Path, artifacts):
+            if path.is_dir():
+                self.client.log_artifacts(parent, str(path), path.name)
+            elif path.exists():
                 self.client.log_artifact(parent, str(path))
         for key, value in (tags or {}).items():
             self.client.set_tag(parent, key, value)

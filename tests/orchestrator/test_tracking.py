@@ -37,7 +37,15 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
     assert {"strategy", "scheduler", "budget", "seed"} <= set(parent.data.params)
     assert parent.data.params["strategy"] == "random" and parent.data.params["budget"] == "4"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {
-        "summary.json", "trials.csv", "sweep.yaml"}
+        "summary.json", "trials.csv", "sweep.yaml", "plots", "model"}
+    plots = {a.path: a.file_size for a in c.list_artifacts(parent.info.run_id, "plots")}
+    assert set(plots) == {"plots/learning_curves.png", "plots/axes.png",
+                          "plots/importance.png"}  # random search: one round, no boxes
+    local = c.download_artifacts(parent.info.run_id, "plots/axes.png", str(tmp_path))
+    assert open(local, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and plots["plots/axes.png"] > 5000
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "model")} == {
+        "model/weights.pt", "model/model.json"}
+    assert set(summary["importance"]) == {"lr", "hidden_units"}
     rows = {r["trial_id"]: r for r in csv.DictReader(
         (tmp_path / "w" / "t" / "trials.csv").open())}
     for run in children:
