@@ -57,3 +57,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of its own on a loopback port; yields its SQLAlchemy URL."""
+    from services import Postgres, absent, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        absent("PostgreSQL", "apt-get install postgresql")
+    pg = Postgres(bin_dir, free_port())
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
