@@ -3,7 +3,8 @@
 ``weights.pt`` holds the net's state dict (read with ``torch.load(weights_only=True)``);
 ``model.json`` holds the net's config, the training split's mean and std (inputs
 are standardised with them before the net sees them), the class labels and the
-feature names, and the metrics the model was chosen on.
+feature names, and the metrics the model was chosen on. ``fingerprint.json`` is the
+training split's fingerprint (models.fingerprint): what drift is measured against.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 
 from models.config import MLPConfig
+from models.fingerprint import fingerprint
 from models.net import MLP
 
-WEIGHTS, META = "weights.pt", "model.json"
+WEIGHTS, META, FINGERPRINT = "weights.pt", "model.json", "fingerprint.json"
 
 
 def export_model(state: dict, data, out_dir: str | Path, metrics: dict | None = None) -> Path:
@@ -47,6 +49,9 @@ def export_model(state: dict, data, out_dir: str | Path, metrics: dict | None = 
         "metrics": metrics or {},
     }
     (out / META).write_text(json.dumps(meta, indent=1))
+    x_raw = data.x_train.astype(np.float64) * data.std + data.mean
+    (out / FINGERPRINT).write_text(json.dumps(
+        fingerprint(x_raw, data.y_train, list(data.classes), list(data.feature_names))))
     return out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from searchspaces import STRATEGIES, SearchSpace, SpecError
 from searchspaces.yamlio import load_mapping, parse_yaml
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_WORKDIR = "./caviar-runs"
 
 
@@ -63,8 +63,23 @@ def _describe(space: SearchSpace) -> str:
     return "\n".join(lines)
 
 
+def _validate_retune(path: str) -> None:
+    from orchestrator.retunefile import load_retune
+
+    r = load_retune(path)
+    print(f"{path}: OK: re-tune job for model {r.model!r}: triggers {', '.join(r.triggers)}; "
+          f"warm search {r.search['rounds']} x {r.search['trials_per_round']} trials of sweep "
+          f"{r.sweep.name!r}; gate {r.seeds} seeds, margin {r.margin:g} "
+          f"({r.sweep.metric['name']}); data {r.data.source}")
+
+
 def cmd_validate(args) -> int:
+    from orchestrator.sweepfile import file_kind
+
     for path in args.files:
+        if file_kind(load_mapping(path)) == "retune":
+            _validate_retune(path)
+            continue
         kind, space, sweep = _load_any(path)
         tuned = len(space.tuned)
         what = f"search space with {len(space.parameters)} parameters ({tuned} tuned)"
@@ -373,6 +388,76 @@ def cmd_submit(args) -> int:
     return EXIT_OK
 
 
+def _registry_client(args):
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import ensure_sqlite_store, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri, None, args.workdir)
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UsageError(f"no MLflow store at {uri}: pass --tracking-uri, or the --workdir "
+                         "of the sweep that registered the model")
+    ensure_sqlite_store(uri)
+    return MlflowClient(uri, registry_uri=uri), uri
+
+
+def _registry_call(fn, *args):
+    """A registry operation; an unknown model or version is bad input (exit 2)."""
+    from orchestrator.registry import RegistryError
+
+    try:
+        return fn(*args)
+    except RegistryError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_promote(args) -> int:
+    from orchestrator.registry import promote
+
+    client, uri = _registry_client(args)
+    old, new = _registry_call(promote, client, args.model, args.version)
+    if old == new:
+        print(f"caviar: {args.model!r} version {new} is production already", file=sys.stderr)
+    else:
+        print(f"caviar: {args.model!r} version {new} is now production"
+              + (f"; version {old} is previous (undo: caviar rollback {args.model})" if old
+                 else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    from orchestrator.registry import rollback
+
+    client, uri = _registry_client(args)
+    left, restored = _registry_call(rollback, client, args.model)
+    print(f"caviar: {args.model!r} version {restored} is production again; version {left} is "
+          "previous", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_retune(args) -> int:
+    from orchestrator.registry import Locked, RegistryError
+    from orchestrator.retune import RetuneFailed, run_retune
+    from orchestrator.retunefile import load_retune
+
+    spec = load_retune(args.file)
+    try:
+        report = run_retune(spec, args.workdir, tracking_uri=args.tracking_uri,
+                            address=args.address, dry_run=args.dry_run, force=args.force)
+    except Locked as e:
+        print(f"caviar: locked: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except RegistryError as e:
+        raise SpecError(args.file, "key 'model'", str(e)) from None
+    except RetuneFailed as e:
+        print(f"caviar: failed: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps({k: report.get(k) for k in (
+        "model", "decision", "stale", "reasons", "production_version", "new_version",
+        "dry_run")}))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
@@ -381,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="caviar",
         description="Tune the hyperparameters of PyTorch classifiers with Ray Tune and MLflow.",
-        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 130 interrupted. "
+        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 locked (retune), 130 "
+               "interrupted. "
                "Set CAVIAR_DEBUG=1 to see tracebacks of failures.",
     )
     from importlib.metadata import PackageNotFoundError, version
@@ -393,10 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"caviar {v}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate", parents=[common], help="check search space or sweep files",
-                       description="Check search space or sweep files without running "
-                       "anything: every parameter's scale, bounds and names, every sweep key.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="a search space or sweep YAML file")
+    p = sub.add_parser("validate", parents=[common],
+                       help="check search space, sweep or re-tune files",
+                       description="Check search space, sweep or re-tune files without "
+                       "running anything: every parameter's scale, bounds and names, every "
+                       "sweep and re-tune key.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a search space, sweep or re-tune YAML file")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the OK line per file")
     p.set_defaults(func=cmd_validate)
 
@@ -496,6 +585,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the job id and return without following the job")
     p.add_argument("--resume", action="store_true", help="resume the sweep on the cluster")
     p.set_defaults(func=cmd_submit)
+
+    uri_help = ("the MLflow registry (default: $MLFLOW_TRACKING_URI, else "
+                "sqlite:///WORKDIR/mlflow.db)")
+    p = sub.add_parser("retune", parents=[common], help="re-tune production when it is stale",
+                       description="Check whether the production version of a registered "
+                       "model is stale (age, data drift, hardware, accuracy decay); if it is, "
+                       "run a search warm-started from its hyperparameters on today's data, "
+                       "retrain production's and the challenger's hyperparameters with "
+                       "several seeds, and promote only a model that is really better. Safe "
+                       "to run from cron: one job per model at a time. Prints a report on "
+                       "stderr and one JSON line with the decision on stdout.",
+                       epilog="Exit codes: 0 done (whatever the decision: not_stale, "
+                       "promoted, refreshed, kept), 1 failure (production unchanged), 2 bad "
+                       "input, 3 another retune of this model holds the lock.")
+    p.add_argument("file", metavar="RETUNE", help="a re-tune YAML file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="measure the triggers and print the decision it would take; train "
+                   "and move nothing")
+    p.add_argument("--force", action="store_true",
+                   help="re-tune even when no trigger fires")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster to run the search and the gate on (default: "
+                   "$RAY_ADDRESS, else Ray starts here)")
+    p.add_argument("--tracking-uri", default=None, help=uri_help + "; else the file's "
+                   "tracking.uri")
+    p.set_defaults(func=cmd_retune)
+
+    p = sub.add_parser("promote", parents=[common], help="make a model version production",
+                       description="Give VERSION of MODEL the alias 'production'; the version "
+                       "that had it gets the alias 'previous'.")
+    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    p.add_argument("--version", required=True, help="the version to promote")
+    p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", parents=[common], help="undo the last promotion",
+                       description="Swap the aliases 'production' and 'previous' of MODEL: "
+                       "the version before the last promotion serves again.")
+    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.set_defaults(func=cmd_rollback)
     return parser
 
 

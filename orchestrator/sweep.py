@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 # Fast by default: caviar keeps its own records (and MLflow), so Ray's automatic
@@ -203,20 +204,31 @@ def draw_plots(spec: SweepSpec, paths: dict, summary: dict, rows: list[dict], st
 
 
 def export_best(spec: SweepSpec, paths: dict, summary: dict, data) -> Path | None:
-    """The best trial's net at its best epoch, as ``<workdir>/<name>/model/``."""
+    """The best trial's net at its best epoch, as ``<workdir>/<name>/model/``, with its
+    score on the test split (the holdout no trial was chosen on) among its metrics."""
     best = summary.get("best")
     if not best:
         return None
     path = paths["experiment"] / f"trial_{best['trial_id']}" / BEST_FILE
     if not path.exists():
         return None
-    from models.serving import export_model
-    from models.train import load_checkpoint
+    import torch
 
+    from models.config import MLPConfig
+    from models.net import MLP
+    from models.serving import export_model
+    from models.train import evaluate, load_checkpoint
+
+    state = load_checkpoint(path)
+    net = MLP(*state["shape"], MLPConfig(**state["model_config"]))
+    net.load_state_dict(state["model"])
+    test_loss, test_accuracy = evaluate(net, torch.as_tensor(data.x_test),
+                                        torch.as_tensor(data.y_test))
+    best["metrics"].update(test_loss=test_loss, test_accuracy=test_accuracy)
     out = paths["dir"] / "model"
     if out.exists():
         shutil.rmtree(out)
-    return export_model(load_checkpoint(path), data, out, metrics=best["metrics"])
+    return export_model(state, data, out, metrics=best["metrics"])
 
 
 def log_model(sink: MlflowSink, model_dir: Path, stream) -> bool:
@@ -244,13 +256,24 @@ def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: P
         if not c.search_registered_models(filter_string=f"name = '{name}'"):
             c.create_registered_model(name)
         source = f"{c.get_run(parent).info.artifact_uri}/model"
+        # what the re-tune job measures staleness against (fingerprint.json is in model/)
         tags = {"caviar.sweep": spec.name, "caviar.trial_id": best["trial_id"],
+                "caviar.tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **{f"metric.{k}": str(v) for k, v in best["metrics"].items() if v is not None},
-                **{f"hp.{k}": str(v) for k, v in best["config"].items()}}
+                **{f"hp.{k}": str(v) for k, v in best["config"].items()},
+                **{f"hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
         version = c.create_model_version(name, source, run_id=parent, tags=tags)
         print(f"caviar: registered {name!r} version {version.version} "
               f"(models:/{name}/{version.version})", file=stream)
-        return {"name": name, "version": str(version.version)}
+        out = {"name": name, "version": str(version.version)}
+        if spec.register.get("promote"):
+            from orchestrator.registry import promote
+
+            old, _ = promote(c, name, str(version.version))
+            out["promoted"] = True
+            print(f"caviar: {name!r} version {version.version} is now production"
+                  + (f" (version {old} is previous)" if old else ""), file=stream)
+        return out
     except Exception as e:  # noqa: BLE001 - the sweep's results stand without it
         print(f"caviar: could not register {name!r} ({type(e).__name__}: {e}); the model is "
               f"in {model_dir}", file=stream)
@@ -355,9 +378,6 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
     if model_dir is not None and sink is not None and written and \
             log_model(sink, model_dir, stream) and spec.register:
         summary["registered"] = register_best(sink, spec, summary, model_dir, stream)
-        if spec.register.get("promote"):
-            print("caviar: note: register.promote is not acted on yet (the production alias "
-                  "comes with the re-tune job)", file=stream)
     summary["importance"] = draw_plots(spec, paths, summary, rows, stream)
     write_outputs(spec, paths, summary, rows)
     finish_tracking(sink, written, spec, paths, summary, stream)

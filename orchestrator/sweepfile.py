@@ -42,7 +42,8 @@ STRATEGY_KEYS = {
     "quasi_random": ("trials",),
     "grid": ("points",),
     "tpe": ("trials",),
-    "coarse_to_fine": ("rounds", "trials_per_round", "keep", "margin", "sampler"),
+    "coarse_to_fine": ("rounds", "trials_per_round", "keep", "margin", "sampler", "start",
+                       "width"),
 }
 SCHEDULER_KEYS = {
     "fifo": (),
@@ -134,6 +135,28 @@ def resolve_space(value: object, source: str, base_dir: Path) -> SearchSpace:
                 f"in {base_dir}); built-in spaces are " + ", ".join(builtins))
 
 
+def _start(source: str, start, space) -> dict:
+    """A warm start's configuration: known tuned parameters; those missing take the
+    space's centre. Values outside the space are kept here and clipped by the strategy."""
+    if not isinstance(start, dict):
+        raise _fail(source, "strategy.start", f"must be a mapping of parameter values, got "
+                    f"{start!r}")
+    tuned = {p.name: p for p in space.tuned}
+    for name in start:
+        if name not in tuned:
+            raise _unknown(source, "strategy.start", name, tuple(tuned))
+    out = {}
+    for name, p in tuned.items():
+        value = start.get(name, p.centre())
+        try:
+            p.to_unit(value)
+        except (TypeError, ValueError) as e:
+            raise _fail(source, f"strategy.start.{name}",
+                        f"is not a value of this parameter ({e}), got {value!r}") from None
+        out[name] = value
+    return out
+
+
 def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepSpec:
     """Checks a sweep mapping whole; returns the frozen SweepSpec.
 
@@ -194,6 +217,10 @@ def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepS
         if sampler not in ("random", "quasi_random"):
             raise _fail(source, "strategy.sampler",
                         f"must be 'random' or 'quasi_random', got {sampler!r}")
+        if strategy.get("start") is not None:
+            strategy["start"] = _start(source, strategy["start"], space)
+        strategy["width"] = _number(source, "strategy.width", strategy.get("width", 0.25), 0, 1,
+                                    low_open=True)
     elif skind == "grid":
         strategy["points"] = _whole(source, "strategy.points", strategy.get("points", 5))
     else:

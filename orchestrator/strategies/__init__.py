@@ -28,7 +28,9 @@ def make_strategy(strategy: dict, space, metric: str, mode: str, seed: int,
     if kind == "coarse_to_fine":
         return CoarseToFineStrategy(space, metric, mode, strategy["rounds"],
                                     strategy["trials_per_round"], strategy["keep"],
-                                    strategy["margin"], strategy["sampler"], **common)
+                                    strategy["margin"], strategy["sampler"], **common,
+                                    start=strategy.get("start"),
+                                    width=strategy.get("width", 0.25))
     if kind == "grid":
         return GridStrategy(space, metric, mode, strategy["points"], **common)
     if kind == "random":

@@ -4,6 +4,11 @@ Round 0 samples the whole space. When every trial of a round has ended, the
 top ``keep`` fraction of all finished trials defines a box in unit space (per
 parameter: their min and max, widened by ``margin``, clipped to [0, 1]); choices
 narrow to the values those trials used. The next round samples inside the box.
+
+A warm start (``start``: a configuration, e.g. production's hyperparameters)
+centres round 0 on it instead: a box of half-width ``width`` in unit space around
+it, clipped to the space, every choice allowed, and the configuration itself as
+round 0's first trial.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ class CoarseToFineStrategy(Strategy):
 
     def __init__(self, space, metric, mode, rounds: int, trials_per_round: int,
                  keep: float = 0.25, margin: float = 0.1, sampler: str = "random",
-                 seed: int = 0, state_file=None):
+                 seed: int = 0, state_file=None, start: dict | None = None,
+                 width: float = 0.25):
         super().__init__(space, metric, mode, rounds * trials_per_round, seed, state_file)
         self.n_rounds = rounds
         self.per_round = trials_per_round
@@ -58,6 +64,12 @@ class CoarseToFineStrategy(Strategy):
         self.sampler = sampler
         self.round = 0
         self.box = _Box.whole(space)
+        self.start = None
+        if start is not None:  # clipped: the space's declared bounds hold
+            self.start = [min(1.0, max(0.0, u)) for u in space.unit_from_config(start)]
+            self.box = _Box({p.name: [max(0.0, u - width), min(1.0, u + width)]
+                             for p, u in zip(space.tuned, self.start)
+                             if not isinstance(p, ChoiceParameter)}, self.box.choices)
         self.rounds = [RoundRecord(0, dict(self.box.intervals), dict(self.box.choices))]
         self.edge_margin = margin
 
@@ -74,6 +86,8 @@ class CoarseToFineStrategy(Strategy):
     def _next(self, trial_id: str):
         current = self._in_round(self.round)
         if len(current) < self.per_round:
+            if self.round == 0 and not current and self.start is not None:
+                return 0, list(self.start)  # the warm start itself comes first
             u = self._draws(self.round)[len(current)]
             return self.round, self.box.place(self.space, u)
         if not all(r.done for r in current):

@@ -44,7 +44,7 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
     local = c.download_artifacts(parent.info.run_id, "plots/axes.png", str(tmp_path))
     assert open(local, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and plots["plots/axes.png"] > 5000
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "model")} == {
-        "model/weights.pt", "model/model.json"}
+        "model/weights.pt", "model/model.json", "model/fingerprint.json"}
     assert set(summary["importance"]) == {"lr", "hidden_units"}
     rows = {r["trial_id"]: r for r in csv.DictReader(
         (tmp_path / "w" / "t" / "trials.csv").open())}

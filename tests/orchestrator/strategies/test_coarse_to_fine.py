@@ -219,3 +219,33 @@ def test_round_counts_up_round_by_round():
     assert strategy.suggest("t_more") == Searcher.FINISHED
     report = strategy.report()
     assert [(r["round"], r["trials"]) for r in report["rounds"]] == [(0, 4), (1, 4), (2, 4)]
+
+
+def test_a_warm_start_is_the_first_trial_and_centres_round_0():
+    start = {"lr": 1e-2, "momentum": 0.95, "activation": "relu"}
+    strategy = make_strategy(
+        {"kind": "coarse_to_fine", "rounds": 2, "trials_per_round": 10, "keep": 0.25,
+         "margin": 0.05, "sampler": "random", "start": start, "width": 0.1},
+        SPACE, METRIC, "min", 3)
+    trials = sweep(strategy)
+    first = trials[0][0]
+    assert first["lr"] == pytest.approx(1e-2) and first["momentum"] == pytest.approx(0.95)
+    assert first["activation"] == "relu" and first[ROUND_KEY] == 0
+    round0 = [c for c, _ in trials if c[ROUND_KEY] == 0]
+    assert len(round0) == 10
+    for c in round0:  # within 0.1 of the start in unit space, on each numeric parameter
+        for name in NUMERIC:
+            gap = SPACE[name].to_unit(c[name]) - SPACE[name].to_unit(start[name])
+            assert abs(gap) <= 0.1 + 1e-9
+    assert {c["activation"] for c in round0} != {"relu"}  # every choice stays open
+
+
+def test_a_warm_start_outside_the_space_is_clipped_to_it():
+    strategy = make_strategy(
+        {"kind": "coarse_to_fine", "rounds": 1, "trials_per_round": 5, "keep": 0.25,
+         "margin": 0.05, "sampler": "random", "start": {"lr": 5.0, "momentum": 0.9,
+                                                        "activation": "tanh"}},
+        SPACE, METRIC, "min", 0)
+    configs = [c for c, _ in sweep(strategy)]
+    assert configs[0]["lr"] == pytest.approx(1.0)
+    assert all(1e-5 <= c["lr"] <= 1.0 for c in configs)

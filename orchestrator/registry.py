@@ -1,0 +1,173 @@
+"""The model registry's side of caviar: production and previous aliases, and a lock.
+
+Production is the version of a registered model with the alias ``production``.
+Promoting moves that alias and gives the version it left the alias ``previous``;
+``rollback`` swaps the two back.
+
+The re-tune lock lives in the tracking store, so it holds across machines: it is a
+registered model named ``caviar-lock.<model>``, created by whoever takes the lock.
+MLflow refuses a second registered model of the same name (a unique key in its
+database), so two takers cannot both succeed. Its tags say who holds it and until
+when (the lease); the holder renews the lease while it works and deletes the model
+when done. A lease that ran out (its holder died) is broken by the next taker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+PRODUCTION, PREVIOUS = "production", "previous"
+LOCK_PREFIX = "caviar-lock."
+
+
+class RegistryError(Exception):
+    """The registry does not hold what was asked for (a model, a version, an alias)."""
+
+
+def _model(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models(max_results=50)
+                 if not m.name.startswith(LOCK_PREFIX)]
+        raise RegistryError(f"no registered model {name!r} in the registry (it holds: "
+                            f"{', '.join(known) or 'none'})") from None
+
+
+def alias_version(client, name: str, alias: str):
+    """The version with ``alias``, or None."""
+    model = _model(client, name)
+    version = (model.aliases or {}).get(alias)
+    return client.get_model_version(name, version) if version else None
+
+
+def production(client, name: str):
+    """The production version of ``name``; RegistryError when there is none."""
+    version = alias_version(client, name, PRODUCTION)
+    if version is None:
+        raise RegistryError(f"model {name!r} has no version with the alias {PRODUCTION!r}: "
+                            f"set one with `caviar promote {name} --version N`")
+    return version
+
+
+def promote(client, name: str, version: str) -> tuple[str | None, str]:
+    """Makes ``version`` production; the version it replaces becomes previous.
+
+    Returns (the old production version or None, the new one)."""
+    from mlflow.exceptions import MlflowException
+
+    _model(client, name)
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"model {name!r} has no version {version}") from None
+    old = alias_version(client, name, PRODUCTION)
+    old_version = str(old.version) if old is not None else None
+    if old_version == str(version):
+        return old_version, str(version)
+    if old_version is not None:
+        client.set_registered_model_alias(name, PREVIOUS, old_version)
+    client.set_registered_model_alias(name, PRODUCTION, str(version))
+    return old_version, str(version)
+
+
+def rollback(client, name: str) -> tuple[str, str]:
+    """Swaps production and previous; returns (the version left, the version restored)."""
+    current = production(client, name)
+    previous = alias_version(client, name, PREVIOUS)
+    if previous is None:
+        raise RegistryError(f"model {name!r} has no version with the alias {PREVIOUS!r}: "
+                            "nothing to roll back to")
+    client.set_registered_model_alias(name, PRODUCTION, str(previous.version))
+    client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    return str(current.version), str(previous.version)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+class Locked(Exception):
+    """Another process holds the lock; the message says who and until when."""
+
+
+class Lock:
+    """``with Lock(client, model):`` one holder at a time, across machines (see above)."""
+
+    def __init__(self, client, model: str, lease_s: float = 600.0, what: str = "retune"):
+        self.client, self.model, self.lease_s = client, model, lease_s
+        self.name = f"{LOCK_PREFIX}{model}"
+        self.holder = f"{what} pid {os.getpid()} on {socket.gethostname()}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _tags(self) -> dict:
+        now = _now()
+        return {"holder": self.holder, "since": _iso(now), "expires": str(now + self.lease_s),
+                "expires_at": _iso(now + self.lease_s)}
+
+    def acquire(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(2):  # the second try follows breaking an expired lease
+            try:
+                self.client.create_registered_model(
+                    self.name, tags=self._tags(),
+                    description=f"caviar's lock for re-tuning {self.model!r}: deleted when "
+                                "the job ends; a lease past 'expires_at' may be broken")
+                self._start_renewing()
+                return
+            except MlflowException as e:
+                if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and \
+                        "already exists" not in str(e):
+                    raise
+            try:
+                held = self.client.get_registered_model(self.name)
+            except MlflowException:
+                continue  # released in between: try again
+            tags = held.tags or {}
+            if float(tags.get("expires", "0")) > _now():
+                raise Locked(f"model {self.model!r} is being re-tuned by {tags.get('holder')} "
+                             f"since {tags.get('since')} (lease until {tags.get('expires_at')})")
+            self.client.delete_registered_model(self.name)  # its holder died: break it
+        raise Locked(f"model {self.model!r}: another job took the lock as its last one expired")
+
+    def _start_renewing(self) -> None:
+        def renew():
+            while not self._stop.wait(self.lease_s / 3):
+                try:
+                    self.client.set_registered_model_tag(self.name, "expires",
+                                                         str(_now() + self.lease_s))
+                    self.client.set_registered_model_tag(self.name, "expires_at",
+                                                         _iso(_now() + self.lease_s))
+                except Exception:  # noqa: BLE001 - the server blinked: the next try renews
+                    pass
+
+        self._thread = threading.Thread(target=renew, name="caviar-lock", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.client.delete_registered_model(self.name)
+        except Exception:  # noqa: BLE001 - gone already; or its lease will run out
+            pass
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
