@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ def fetch(client, uri: str, name: str, dst: Path) -> Production:
     from models.serving import FINGERPRINT, META
 
     version = production(client, name)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # cron mail
     mlflow.set_registry_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{name}/{version.version}", dst_path=str(dst), tracking_uri=uri))
@@ -333,7 +335,8 @@ def report_lines(report: dict) -> list[str]:
     if prod:
         lines.append(f"  production: version {prod}")
     for name, t in report.get("triggers", {}).items():
-        figures = ", ".join(f"{k}={v}" for k, v in t.items() if k != "stale")
+        figures = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in t.items() if k != "stale")
         lines.append(f"  {name:9s} {'STALE' if t['stale'] else 'ok':5s}  {figures}")
     if report.get("forced"):
         lines.append("  --force: re-tuned whatever the triggers say")

@@ -361,6 +361,12 @@ BAD_SWEEPS = [
      changed(space={"lr": {"scale": "log", "low": 0, "high": 1.0}}),
      ["key 'space'", "parameter 'lr'", "field 'low'", "needs low > 0"]),
     ("register-without-name", changed(register={"promote": True}), ["key 'register.name'"]),
+    ("start-unknown-parameter", changed(strategy__start={"lrr": 0.1}),
+     ["key 'strategy.start.lrr'", "did you mean 'lr'?"]),
+    ("start-not-a-value", changed(strategy__start={"batch_size": 48}),
+     ["key 'strategy.start.batch_size'", "is not a value of this parameter", "got 48"]),
+    ("start-not-a-mapping", changed(strategy__start=[0.1]), ["key 'strategy.start'"]),
+    ("width-0", changed(strategy__width=0), ["key 'strategy.width'", "got 0"]),
 ]
 
 

@@ -275,3 +275,12 @@ def test_a_model_without_production_is_refused(tuned):
     assert ran.returncode == 2
     assert "no version with the alias 'production'" in ran.stderr
     assert "caviar promote unpromoted --version N" in ran.stderr
+
+
+def test_validate_checks_a_retune_file_without_running_it(tuned):
+    ran = caviar(tuned, "validate", str(retune_file(tuned, "anything")))
+    assert ran.returncode == 0, ran.stderr
+    assert "re-tune job for model 'anything'" in ran.stdout and "gate 3 seeds" in ran.stdout
+    bad = retune_file(tuned, "anything", seeds=0)
+    ran = caviar(tuned, "validate", str(bad))
+    assert ran.returncode == 2 and "key 'seeds'" in ran.stderr

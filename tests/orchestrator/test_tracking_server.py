@@ -201,3 +201,40 @@ def test_a_server_down_for_20_s_mid_sweep_loses_nothing(server, write_sweep, tmp
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_loss"))
         assert steps == list(range(1, 21)), steps
         assert r.info.status == "FINISHED"
+
+
+def test_a_tracking_server_lost_mid_retune_fails_the_job_and_moves_no_alias(server, tmp_path):
+    """The re-tune job against a real server that dies between its search and its
+    promotion: exit 1, and once the server is back, production is where it was."""
+    import yaml
+    from conftest import sweep_dict
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(sweep_dict(
+        name="served-sweep", epochs=2, strategy={"kind": "random", "trials": 2},
+        register={"name": "served-model", "promote": True})))
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    where = ["--workdir", str(tmp_path / "w"), "--tracking-uri", server.url]
+    ran = subprocess.run([*cli, "sweep", str(sweep), *where], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0 and "now production" in ran.stderr, ran.stderr
+    retune = tmp_path / "retune.yaml"
+    retune.write_text(yaml.safe_dump({"model": "served-model", "sweep": str(sweep),
+                                      "search": {"rounds": 1, "trials_per_round": 2},
+                                      "seeds": 2, "margin": 0.0}))
+    job = subprocess.Popen([*cli, "retune", str(retune), "--force", *where], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in job.stderr:  # the search is over and the gate trains: the server goes
+        said.append(line)
+        if "caviar: gate:" in line:
+            server.stop(signal.SIGKILL)
+            break
+    _, rest = job.communicate(timeout=600)
+    said = "".join(said) + rest
+    assert job.returncode == 1, said
+    assert "production was not changed" in said and "Traceback" not in said
+    server.start()
+    c = MlflowClient(server.url)
+    assert dict(c.get_registered_model("served-model").aliases) == {"production": "1"}
+    assert len(c.search_model_versions("name = 'served-model'")) == 1

@@ -1,0 +1,51 @@
+"""deploy/: the cron, systemd and Kubernetes files run a command caviar accepts."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import yaml
+
+from orchestrator.cli import build_parser, cmd_retune
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def caviar_args(command: list[str]) -> list[str]:
+    i = next(i for i, word in enumerate(command) if word.endswith("caviar"))
+    return command[i + 1:]
+
+
+def test_the_kubernetes_cronjob_never_runs_two_jobs_and_runs_caviar_retune():
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "caviar-retune-cronjob.yaml").read_text())
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(caviar_args(container["command"]))
+    assert args.func is cmd_retune
+    env = {e["name"] for e in container["env"]}
+    assert {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"} <= env
+
+
+def test_the_systemd_unit_runs_caviar_retune_and_accepts_exit_3():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(DEPLOY / "systemd" / "caviar-retune.service")
+    service = unit["Service"]
+    args = build_parser().parse_args(caviar_args(shlex.split(service["ExecStart"])))
+    assert args.func is cmd_retune and service["Type"] == "oneshot"
+    assert "3" in service["SuccessExitStatus"].split()
+    timer = configparser.ConfigParser(strict=False, interpolation=None)
+    timer.read(DEPLOY / "systemd" / "caviar-retune.timer")
+    assert timer["Timer"]["OnCalendar"] and timer["Timer"]["Persistent"] == "true"
+
+
+def test_the_crontab_line_runs_caviar_retune_nightly():
+    lines = [line for line in (DEPLOY / "cron" / "caviar-retune.crontab").read_text()
+             .splitlines() if line.strip() and not line.startswith("#") and "=" not in
+             line.split()[0]]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 5)
+    assert fields[:2] != ["*", "*"] and fields[2:5] == ["*", "*", "*"]  # once a day
+    command = shlex.split(fields[5].split("&&")[-1].split(">>")[0])
+    assert build_parser().parse_args(caviar_args(command)).func is cmd_retune
