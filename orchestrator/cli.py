@@ -42,8 +42,9 @@ def _load_any(path: str):
     if kind == "space":
         return kind, SearchSpace.from_dict(raw, path, _rules()), None
     if kind == "retune":
-        raise SpecError(path, "", "this is a re-tune job file; caviar validate, sample and "
-                        "train take a search space or a sweep file")
+        raise SpecError(path, "", "this is a re-tune job file; caviar sample and train take "
+                        "a search space or a sweep file (caviar validate and caviar retune "
+                        "take it)")
     sweep = parse_sweep(raw, path, Path(path).resolve().parent)
     return kind, sweep.space, sweep
 

@@ -71,9 +71,22 @@ def promote(client, name: str, version: str) -> tuple[str | None, str]:
     old_version = str(old.version) if old is not None else None
     if old_version == str(version):
         return old_version, str(version)
-    if old_version is not None:
-        client.set_registered_model_alias(name, PREVIOUS, old_version)
-    client.set_registered_model_alias(name, PRODUCTION, str(version))
+    if old_version is None:
+        client.set_registered_model_alias(name, PRODUCTION, str(version))
+        return None, str(version)
+    was_previous = alias_version(client, name, PREVIOUS)
+    client.set_registered_model_alias(name, PREVIOUS, old_version)
+    try:
+        client.set_registered_model_alias(name, PRODUCTION, str(version))
+    except Exception:
+        try:  # production did not move: put previous back where it was
+            if was_previous is None:
+                client.delete_registered_model_alias(name, PREVIOUS)
+            else:
+                client.set_registered_model_alias(name, PREVIOUS, str(was_previous.version))
+        except Exception:  # noqa: BLE001, S110 - the server is gone; the first error tells
+            pass
+        raise
     return old_version, str(version)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -371,6 +372,9 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     workdir = Path(workdir).expanduser().resolve()
     uri = resolve_uri(tracking_uri, spec.tracking.get("uri") or spec.sweep.tracking.get("uri"),
                       workdir)
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise RegistryError(f"no MLflow store at {uri} (so no model {spec.model!r}): pass "
+                            "--tracking-uri, or the --workdir of the sweep that registered it")
     ensure_sqlite_store(uri)
     client = MlflowClient(uri, registry_uri=uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -414,6 +418,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     finally:
         if lock is not None:
             lock.release()
+        shutil.rmtree(here / "production", ignore_errors=True)  # the registry keeps it
     _finish_run(client, run_id, report, stream)
     here.mkdir(parents=True, exist_ok=True)
     (here / "report.json").write_text(json.dumps(report, indent=1, default=str))
@@ -475,8 +480,7 @@ def _same(a, b) -> bool:
 def _start_run(client, spec: RetuneSpec, uri: str, workdir: Path, report: dict) -> str:
     exp = client.get_experiment_by_name(spec.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        spec.experiment, artifact_location=artifact_root(uri, workdir),
-        tags={"mlflow.experimentKind": "custom_model_development"})
+        spec.experiment, artifact_location=artifact_root(uri, workdir))
     run = client.create_run(exp_id, run_name=f"retune {report['started']}", tags={
         "caviar.kind": "retune", "caviar.model": spec.model,
         "caviar.production_version": report["production_version"],

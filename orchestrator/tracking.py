@@ -146,11 +146,8 @@ class MlflowSink:
         c = self.client
         if self.state["experiment_id"] is None:
             exp = c.get_experiment_by_name(self.experiment)
-            # The kind tag makes MLflow 3's UI open the experiment on its training runs
-            # rather than its GenAI overview.
             self.state["experiment_id"] = exp.experiment_id if exp else c.create_experiment(
-                self.experiment, artifact_location=artifact_root(self.uri, self.workdir),
-                tags={"mlflow.experimentKind": "custom_model_development"})
+                self.experiment, artifact_location=artifact_root(self.uri, self.workdir))
         from mlflow.entities import Param
 
         parent = self.state["parent_run_id"]

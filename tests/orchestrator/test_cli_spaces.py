@@ -178,8 +178,6 @@ BAD_SPACE_FILES = [
      ["parameter 'momentum'", "field 'high'"]),
     ("priority-5", "parameters:\n  lr: {scale: log, low: 1.0e-4, high: 1, priority: 5}\n",
      ["parameter 'lr'", "field 'priority'", "got 5"]),
-    ("retune-file", "model: digits-classifier\ntriggers: {max_age_days: 90}\n",
-     ["this is a re-tune job file"]),
 ]
 
 
@@ -190,6 +188,19 @@ def test_bad_space_files_exit_2_naming_the_file(capsys, tmp_path, command, name,
                                                 fragments):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
+    code, out, err = run_main(capsys, command, path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, str(path), *fragments)
+
+
+@pytest.mark.parametrize(("command", "fragments"), [
+    ("sample", ["this is a re-tune job file", "caviar validate and caviar retune take it"]),
+    ("train", ["this is a re-tune job file"]),
+    ("validate", ["key 'sweep'", "must be the path of the sweep file"]),  # checked as one
+])
+def test_a_retune_file_is_told_apart(capsys, tmp_path, command, fragments):
+    path = tmp_path / "retune.yaml"
+    path.write_text("model: digits-classifier\ntriggers: [age]\n")
     code, out, err = run_main(capsys, command, path)
     assert code == 2 and out == ""
     assert_one_paragraph_error(err, str(path), *fragments)
