@@ -8,6 +8,7 @@ rule; nothing is started); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -412,11 +413,29 @@ def _registry_call(fn, *args):
         raise UsageError(str(e)) from None
 
 
+@contextlib.contextmanager
+def _locked(client, model: str, what: str):
+    """The model's re-tune lock, so that a hand-made move never races the job."""
+    from orchestrator.registry import Lock, Locked
+
+    lock = Lock(client, model, lease_s=60, what=what)
+    try:
+        lock.acquire()
+    except Locked as e:
+        print(f"caviar: locked: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_LOCKED) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def cmd_promote(args) -> int:
     from orchestrator.registry import promote
 
     client, uri = _registry_client(args)
-    old, new = _registry_call(promote, client, args.model, args.version)
+    with _locked(client, args.model, "promote"):
+        old, new = _registry_call(promote, client, args.model, args.version)
     if old == new:
         print(f"caviar: {args.model!r} version {new} is production already", file=sys.stderr)
     else:
@@ -430,7 +449,8 @@ def cmd_rollback(args) -> int:
     from orchestrator.registry import rollback
 
     client, uri = _registry_client(args)
-    left, restored = _registry_call(rollback, client, args.model)
+    with _locked(client, args.model, "rollback"):
+        left, restored = _registry_call(rollback, client, args.model)
     print(f"caviar: {args.model!r} version {restored} is production again; version {left} is "
           "previous", file=sys.stderr)
     return EXIT_OK
@@ -438,7 +458,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_retune(args) -> int:
     from orchestrator.registry import Locked, RegistryError
-    from orchestrator.retune import RetuneFailed, run_retune
+    from orchestrator.retune import RetuneFailed, StoreMissing, run_retune
     from orchestrator.retunefile import load_retune
 
     spec = load_retune(args.file)
@@ -448,6 +468,8 @@ def cmd_retune(args) -> int:
     except Locked as e:
         print(f"caviar: locked: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except StoreMissing as e:
+        raise UsageError(str(e)) from None
     except RegistryError as e:
         raise SpecError(args.file, "key 'model'", str(e)) from None
     except RetuneFailed as e:
@@ -463,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
                         help="where runs, checkpoints and the embedded MLflow store live "
-                        "(default: %(default)s, or $CAVIAR_WORKDIR)")
+                        "(default: $CAVIAR_WORKDIR, else ./caviar-runs; now %(default)s)")
     parser = argparse.ArgumentParser(
         prog="caviar",
         description="Tune the hyperparameters of PyTorch classifiers with Ray Tune and MLflow.",
@@ -596,21 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "retrain production's and the challenger's hyperparameters with "
                        "several seeds, and promote only a model that is really better. Safe "
                        "to run from cron: one job per model at a time. Prints a report on "
-                       "stderr and one JSON line with the decision on stdout.",
+                       "stderr and, when it ends with exit 0, one JSON line with the decision "
+                       "on stdout (with --dry-run: not_stale or would_retune).",
                        epilog="Exit codes: 0 done (whatever the decision: not_stale, "
                        "promoted, refreshed, kept), 1 failure (production unchanged), 2 bad "
                        "input, 3 another retune of this model holds the lock.")
     p.add_argument("file", metavar="RETUNE", help="a re-tune YAML file")
     p.add_argument("--dry-run", action="store_true",
-                   help="measure the triggers and print the decision it would take; train "
-                   "and move nothing")
+                   help="measure the triggers and say whether it would re-tune (decision "
+                   "not_stale or would_retune); train and move nothing, take no lock; the "
+                   "job's MLflow run is still recorded")
     p.add_argument("--force", action="store_true",
                    help="re-tune even when no trigger fires")
     p.add_argument("--address", default=None,
                    help="a Ray cluster to run the search and the gate on (default: "
                    "$RAY_ADDRESS, else Ray starts here)")
-    p.add_argument("--tracking-uri", default=None, help=uri_help + "; else the file's "
-                   "tracking.uri")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the MLflow store holding the model (default: $MLFLOW_TRACKING_URI, "
+                   "else the file's tracking.uri, else its sweep's tracking.uri, else "
+                   "sqlite:///WORKDIR/mlflow.db)")
     p.set_defaults(func=cmd_retune)
 
     p = sub.add_parser("promote", parents=[common], help="make a model version production",

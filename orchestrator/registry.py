@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 
 PRODUCTION, PREVIOUS = "production", "previous"
@@ -99,6 +100,9 @@ def rollback(client, name: str) -> tuple[str, str]:
                             "nothing to roll back to")
     client.set_registered_model_alias(name, PRODUCTION, str(previous.version))
     client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    # the re-tune job's cooldown starts now: it does not undo a rollback the next night
+    client.set_model_version_tag(name, str(previous.version), "caviar.checked_at",
+                                 _iso(_now()))
     return str(current.version), str(previous.version)
 
 
@@ -120,7 +124,9 @@ class Lock:
     def __init__(self, client, model: str, lease_s: float = 600.0, what: str = "retune"):
         self.client, self.model, self.lease_s = client, model, lease_s
         self.name = f"{LOCK_PREFIX}{model}"
-        self.holder = f"{what} pid {os.getpid()} on {socket.gethostname()}"
+        # unique per taker: a lock is renewed and released only by the taker it names
+        self.holder = f"{what} pid {os.getpid()} on {socket.gethostname()} " \
+                      f"[{uuid.uuid4().hex[:8]}]"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,21 +150,39 @@ class Lock:
                 if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and \
                         "already exists" not in str(e):
                     raise
-            try:
-                held = self.client.get_registered_model(self.name)
-            except MlflowException:
+            tags = self._held_tags()
+            if tags is None:
                 continue  # released in between: try again
-            tags = held.tags or {}
             if float(tags.get("expires", "0")) > _now():
-                raise Locked(f"model {self.model!r} is being re-tuned by {tags.get('holder')} "
-                             f"since {tags.get('since')} (lease until {tags.get('expires_at')})")
-            self.client.delete_registered_model(self.name)  # its holder died: break it
+                raise Locked(f"model {self.model!r} is locked by {tags.get('holder')} since "
+                             f"{tags.get('since')} (lease until {tags.get('expires_at')}; "
+                             f"a holder that died leaves it until then)")
+            # Its holder died. Break it only if it is still that dead holder's: another
+            # taker may have broken it and taken it anew since we read it.
+            again = self._held_tags()
+            if again is not None and again.get("holder") == tags.get("holder"):
+                self.client.delete_registered_model(self.name)
         raise Locked(f"model {self.model!r}: another job took the lock as its last one expired")
+
+    def _held_tags(self) -> dict | None:
+        """The lock's tags, or None when nobody holds it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_registered_model(self.name).tags or {})
+        except MlflowException:
+            return None
+
+    def mine(self) -> bool:
+        tags = self._held_tags()
+        return tags is not None and tags.get("holder") == self.holder
 
     def _start_renewing(self) -> None:
         def renew():
             while not self._stop.wait(self.lease_s / 3):
                 try:
+                    if not self.mine():
+                        return  # broken by another taker after our lease ran out
                     self.client.set_registered_model_tag(self.name, "expires",
                                                          str(_now() + self.lease_s))
                     self.client.set_registered_model_tag(self.name, "expires_at",
@@ -174,7 +198,8 @@ class Lock:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
-            self.client.delete_registered_model(self.name)
+            if self.mine():
+                self.client.delete_registered_model(self.name)
         except Exception:  # noqa: BLE001 - gone already; or its lease will run out
             pass
 

@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,10 @@ P_VALUE = 0.05
 
 class RetuneFailed(Exception):
     """The job could not finish (the tracking server went away, training failed)."""
+
+
+class StoreMissing(Exception):
+    """The embedded store named (by --workdir) does not exist: bad input, not a failure."""
 
 
 @dataclass
@@ -177,6 +181,18 @@ def check(spec: RetuneSpec, prod: Production, data, now: datetime | None = None,
                         "max_drop": spec.decay["max_drop"]}
     reasons = [name for name, t in out.items() if t["stale"]]
     return {"stale": bool(reasons), "reasons": reasons, "triggers": out, "deployed": deployed}
+
+
+def cooldown(spec: RetuneSpec, prod: Production, now: datetime | None = None) -> dict | None:
+    """``{"checked_at", "until"}`` while a recent check that kept this version (or a
+    rollback to it) holds off the next re-tune; else None."""
+    checked = _parse_time(prod.tags.get("caviar.checked_at"))
+    if checked is None or spec.cooldown_days <= 0:
+        return None
+    until = checked + timedelta(days=spec.cooldown_days)
+    if (now or utcnow()) >= until:
+        return None
+    return {"checked_at": checked.isoformat(), "until": until.isoformat(timespec="seconds")}
 
 
 # -- the warm-started search and the gate ------------------------------------------------------
@@ -341,6 +357,10 @@ def report_lines(report: dict) -> list[str]:
         lines.append(f"  {name:9s} {'STALE' if t['stale'] else 'ok':5s}  {figures}")
     if report.get("forced"):
         lines.append("  --force: re-tuned whatever the triggers say")
+    if report.get("cooldown"):
+        lines.append(f"  stale, but this version was kept (or rolled back to) at "
+                     f"{report['cooldown']['checked_at']}: no re-tune before "
+                     f"{report['cooldown']['until']} (cooldown_days; --force overrides)")
     g = report.get("gate")
     if g:
         lines.append(f"  gate on today's holdout ({g['metric']}, margin {g['margin']}): "
@@ -373,8 +393,9 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     uri = resolve_uri(tracking_uri, spec.tracking.get("uri") or spec.sweep.tracking.get("uri"),
                       workdir)
     if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise RegistryError(f"no MLflow store at {uri} (so no model {spec.model!r}): pass "
-                            "--tracking-uri, or the --workdir of the sweep that registered it")
+        raise StoreMissing(f"no MLflow store at {uri} (so no model {spec.model!r}): pass "
+                           "--tracking-uri, or the --workdir of the sweep that registered it")
+    data = load_data(spec.data, spec.data_base)  # bad data is bad input: before the lock
     ensure_sqlite_store(uri)
     client = MlflowClient(uri, registry_uri=uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -395,13 +416,15 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     try:
         prod = fetch(client, uri, spec.model, here / "production")
         report["production_version"] = str(prod.version.version)
-        data = load_data(spec.data, spec.sweep.base_dir)
         checked = check(spec, prod, data)
         report.update({"stale": checked["stale"], "reasons": checked["reasons"],
                        "triggers": checked["triggers"], "deployed": checked["deployed"]})
         run_id = _start_run(client, spec, uri, workdir, report)
+        resting = cooldown(spec, prod)
         if not (checked["stale"] or force):
             report["decision"] = "not_stale"
+        elif resting and not force:  # kept (or rolled back to) lately: let it be a while
+            report["decision"], report["cooldown"] = "kept", resting
         elif dry_run:
             report["decision"] = "would_retune"
         else:

@@ -2,15 +2,16 @@
 
 ```yaml
 model: digits-classifier       # the registered model; its `production` version is watched
-sweep: sweeps/digits.yaml      # the sweep that tuned it: space, net, epochs, metric
+sweep: digits.yaml             # the sweep that tuned it (beside this file, else the cwd)
 data: {source: npz, path: today.npz}   # today's data (default: the sweep's data)
 triggers: [age, drift, hardware, decay]  # which make it stale (default: all four)
 max_age_days: 90
 drift: {psi: 0.25, share: 0.25, classes: 0.1}
 decay: {max_drop: 0.05}        # and/or min_metric: 0.9 (holdout accuracy)
-search: {rounds: 2, trials_per_round: 8, width: 0.2}   # the warm-started search
+search: {rounds: 2, trials_per_round: 6, width: 0.2}   # the warm-started search
 seeds: 3                       # retrains per configuration in the gate
-margin: 0.005                  # how much better (in the sweep's metric) is "better"
+margin: 0.005                  # how much better on the holdout (loss, or accuracy) is "better"
+cooldown_days: 7               # after a check that kept production, wait before re-tuning
 tracking: {uri: ..., experiment: digits-classifier-retune}
 lock: {lease_seconds: 600}
 ```
@@ -40,7 +41,7 @@ from searchspaces.yamlio import load_mapping
 
 TRIGGERS = ("age", "drift", "hardware", "decay")
 TOP_KEYS = ("model", "sweep", "data", "triggers", "max_age_days", "drift", "decay", "search",
-            "seeds", "margin", "tracking", "lock", "description")
+            "seeds", "margin", "cooldown_days", "tracking", "lock", "description")
 DRIFT_KEYS = ("psi", "share", "classes")
 DECAY_KEYS = ("min_metric", "max_drop")
 SEARCH_KEYS = ("rounds", "trials_per_round", "width", "keep", "margin")
@@ -62,6 +63,8 @@ class RetuneSpec:
     margin: float
     tracking: dict = field(default_factory=dict)
     lease_seconds: float = 600.0
+    cooldown_days: float = 7.0
+    data_base: str = "."  # where a relative data path is looked for after the cwd
 
     @property
     def experiment(self) -> str:
@@ -84,14 +87,16 @@ def parse_retune(raw: dict, source: str, base_dir: str | Path = ".") -> RetuneSp
     if not isinstance(sweep_path, str) or not sweep_path:
         raise _fail(source, "sweep", "must be the path of the sweep file that tuned the model "
                     f"(its space, net, epochs and metric), got {sweep_path!r}")
-    found = Path(sweep_path) if Path(sweep_path).exists() else base / sweep_path
+    # the re-tune file's folder first: cron's working directory is anybody's guess
+    found = base / sweep_path if (base / sweep_path).exists() else Path(sweep_path)
     if not found.exists():
-        raise _fail(source, "sweep", f"no such file {sweep_path!r} (looked in the working "
-                    f"directory and in {base})")
+        raise _fail(source, "sweep", f"no such file {sweep_path!r} (looked in {base} and in "
+                    "the working directory)")
     sweep = load_sweep(found)
 
-    data = sweep.data
+    data, data_base = sweep.data, sweep.base_dir
     if raw.get("data") is not None:
+        data_base = str(base)
         try:
             data = DataSpec.from_dict(_section(raw, "data", source), where="data")
         except DataError as e:
@@ -147,10 +152,11 @@ def parse_retune(raw: dict, source: str, base_dir: str | Path = ".") -> RetuneSp
     lock = _section(raw, "lock", source)
     _keys(source, "lock", lock, LOCK_KEYS)
     lease = _number(source, "lock.lease_seconds", lock.get("lease_seconds", 600), 10, math.inf)
+    cooldown = _number(source, "cooldown_days", raw.get("cooldown_days", 7), 0, math.inf)
     return RetuneSpec(model=model, source=source, sweep=sweep, data=data,
                       triggers=tuple(triggers), max_age_days=max_age, drift=drift, decay=decay,
                       search=search, seeds=seeds, margin=float(margin), tracking=tracking,
-                      lease_seconds=lease)
+                      lease_seconds=lease, cooldown_days=cooldown, data_base=data_base)
 
 
 def _cold_budget(sweep: SweepSpec) -> int:

@@ -267,9 +267,15 @@ def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: P
               f"(models:/{name}/{version.version})", file=stream)
         out = {"name": name, "version": str(version.version)}
         if spec.register.get("promote"):
-            from orchestrator.registry import promote
+            from orchestrator.registry import Lock, Locked, promote
 
-            old, _ = promote(c, name, str(version.version))
+            try:
+                with Lock(c, name, lease_s=60, what=f"sweep {spec.name}"):
+                    old, _ = promote(c, name, str(version.version))
+            except Locked as e:
+                print(f"caviar: version {version.version} not promoted: {e}; promote it later "
+                      f"with `caviar promote {name} --version {version.version}`", file=stream)
+                return out
             out["promoted"] = True
             print(f"caviar: {name!r} version {version.version} is now production"
                   + (f" (version {old} is previous)" if old else ""), file=stream)

@@ -200,7 +200,7 @@ def test_two_retunes_at_once_one_trains_and_the_other_exits_3(tuned):
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 3], done
     loser = next(err for p, (_, err) in zip(procs, done) if p.returncode == 3)
-    assert "being re-tuned by retune pid" in loser
+    assert "is locked by retune pid" in loser
     jobs = [r for r in retune_runs(c, "busy") if r.data.tags["caviar.kind"] == "retune"]
     assert len(jobs) == 1  # only the holder ran
     # the lock is gone once the job ended
@@ -212,7 +212,7 @@ def test_a_lock_whose_holder_died_is_broken_after_its_lease(tuned):
     first = Lock(c, "leased", lease_s=1.5)
     first.acquire()
     first._stop.set()  # its holder "dies": no more renewals, no release
-    with pytest.raises(Locked, match="being re-tuned"):
+    with pytest.raises(Locked, match="is locked by retune pid"):
         Lock(c, "leased", lease_s=60).acquire()
     time.sleep(2.0)
     second = Lock(c, "leased", lease_s=60)
@@ -232,6 +232,35 @@ def test_rollback_restores_the_earlier_version(tuned):
     assert back.returncode == 0, back.stderr
     assert aliases(c, "rolled") == {PRODUCTION: "1", PREVIOUS: "2"}
     assert "version 1 is production again" in back.stderr
+    # the job's cooldown starts at the rollback: it does not undo it the next night
+    assert c.get_model_version("rolled", "1").tags["caviar.checked_at"]
+
+
+def test_a_recently_kept_model_is_left_alone_for_its_cooldown(tuned):
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    c = production_copy(tuned, "resting", caviar__checked_at=now)
+    ran = caviar(tuned, "retune", str(retune_file(tuned, "resting", data="drifted")))
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout)
+    assert "drift" in out["reasons"] and out["decision"] == "kept"
+    assert "no re-tune before" in ran.stderr and "cooldown_days" in ran.stderr
+    assert [r.data.tags["caviar.kind"] for r in retune_runs(c, "resting")] == ["retune"]
+    assert aliases(c, "resting") == {PRODUCTION: "1"}
+
+
+def test_a_relative_data_path_is_found_beside_the_retune_file(tuned, tmp_path):
+    production_copy(tuned, "beside")
+    path = retune_file(tuned, "beside", data="same")
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["path"] = "same.npz"  # beside the retune file, not in the cwd
+    path.write_text(yaml.safe_dump(raw))
+    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "retune", str(path),
+                          "--dry-run", "--workdir", str(tuned["workdir"])], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["decision"] == "not_stale"
 
 
 def test_rollback_with_nothing_to_go_back_to_is_bad_input(tuned):
@@ -264,6 +293,20 @@ def test_bad_retune_files_are_refused_before_anything_runs(tuned, change, messag
     assert ran.returncode == 2, ran.stderr
     assert message in ran.stderr and str(path) in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_a_missing_store_or_data_file_is_bad_input_and_takes_no_lock(tuned, tmp_path):
+    path = retune_file(tuned, "base")
+    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "retune", str(path),
+                          "--workdir", str(tmp_path / "elsewhere")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 2 and "no MLflow store at sqlite:///" in ran.stderr
+    assert not (tmp_path / "elsewhere" / "mlflow.db").exists()  # none made by mistake
+    bad = retune_file(tuned, "base", data={"source": "npz", "path": "nowhere.npz",
+                                           "label": "y"})
+    ran = caviar(tuned, "retune", str(bad))
+    assert ran.returncode == 2 and "nowhere.npz" in ran.stderr, ran.stderr
+    assert not tuned["client"].search_registered_models("name = 'caviar-lock.base'")
 
 
 def test_a_model_without_production_is_refused(tuned):
