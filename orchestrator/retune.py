@@ -7,7 +7,7 @@
    triggers it enabled against what the version recorded when it was tuned:
    age (``caviar.tuned_at``, or the last ``caviar.checked_at``), drift (PSI per
    feature and class distance against ``fingerprint.json``), hardware (the GPU
-   model and count of ``hw.*``), decay (its accuracy on today's holdout against
+   model and count a trial would get now against the best trial's ``hw.*``), decay (its accuracy on today's holdout against
    the recorded ``metric.test_accuracy``). Any one makes it stale; all are reported.
 3. When stale (or ``--force``): a coarse-to-fine search whose round 0 is centred on
    the production hyperparameters (they are its first trial), on today's data,
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.hardware import hardware_fingerprint
+from orchestrator.hardware import hardware_fingerprint, training_hardware
 from orchestrator.registry import Lock, RegistryError, production, promote
 from orchestrator.retunefile import RetuneSpec
 from orchestrator.tracking import artifact_root, ensure_sqlite_store, resolve_uri
@@ -129,7 +129,7 @@ def deployed_scores(prod: Production, data) -> dict:
 
 
 def check(spec: RetuneSpec, prod: Production, data, now: datetime | None = None,
-          hardware: dict | None = None) -> dict:
+          hardware: dict | None = None, address: str | None = None) -> dict:
     """Every enabled trigger with its figures: ``{"stale": bool, "reasons": [...],
     "triggers": {name: {"stale": bool, ...}}, "deployed": {...}}``."""
     from models.fingerprint import drift, raw_rows
@@ -161,7 +161,8 @@ def check(spec: RetuneSpec, prod: Production, data, now: datetime | None = None,
                 "class_distance": d["class_distance"], "new_classes": d["new_classes"],
                 "psi_threshold": spec.drift["psi"], "share_threshold": spec.drift["share"]}
     if "hardware" in spec.triggers:
-        hw = hardware or hardware_fingerprint()
+        res = spec.sweep.resources
+        hw = hardware or training_hardware(res["cpu"], res["gpu"], address)
         then = {k: tags.get(f"hw.{k}") for k in ("gpu_model", "gpu_count")}
         if then["gpu_count"] is None:
             out["hardware"] = {"stale": False, "note": "the version records no hardware"}
@@ -242,7 +243,8 @@ def _gate_fit(data, config: dict, epochs: int, seed: int, metric: str) -> dict:
     val = result.metrics.get(metric)
     return {"seed": seed, "status": result.status, "holdout_loss": loss,
             "holdout_accuracy": acc, "val": val if val is not None else math.nan,
-            "state": runs[-1].state_dict() if runs else None}
+            "state": runs[-1].state_dict() if runs else None,
+            "hardware": dict(hardware_fingerprint())}  # where it trained: the new hw.* tags
 
 
 def holdout_key(metric: str) -> str:
@@ -340,7 +342,7 @@ def register(client, spec: RetuneSpec, run_id: str, model_dir: Path, winner: dic
             "metric.test_accuracy": str(winner["holdout_accuracy"]),
             "metric.test_loss": str(winner["holdout_loss"]),
             **_hp_tags(config),
-            **{f"hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
+            **{f"hw.{k}": str(v) for k, v in winner["hardware"].items()}}
     return str(client.create_model_version(spec.model, source, run_id=run_id,
                                            tags=tags).version)
 
@@ -416,7 +418,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     try:
         prod = fetch(client, uri, spec.model, here / "production")
         report["production_version"] = str(prod.version.version)
-        checked = check(spec, prod, data)
+        checked = check(spec, prod, data, address=address)
         report.update({"stale": checked["stale"], "reasons": checked["reasons"],
                        "triggers": checked["triggers"], "deployed": checked["deployed"]})
         run_id = _start_run(client, spec, uri, workdir, report)

@@ -29,7 +29,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
-from orchestrator.hardware import hardware_fingerprint  # noqa: E402
+from orchestrator.hardware import HARDWARE_KEYS, hardware_fingerprint  # noqa: E402
 from orchestrator.records import (  # noqa: E402
     LOG_FILE,
     ORPHANS,
@@ -242,8 +242,15 @@ def log_model(sink: MlflowSink, model_dir: Path, stream) -> bool:
         return False
 
 
+def trial_hardware(rows: list[dict], summary: dict) -> dict:
+    """What the best trial trained on, as it reported it (else this driver's machine)."""
+    best = next((r["best"] for r in rows if r["trial_id"] == summary["best"]["trial_id"]), {})
+    hw = {k: best.get(k) for k in HARDWARE_KEYS}
+    return hw if hw["gpu_count"] is not None else dict(hardware_fingerprint())
+
+
 def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: Path,
-                  stream) -> dict | None:
+                  stream, hardware: dict | None = None) -> dict | None:
     """Registers the parent run's ``model/`` (see log_model) as a new model version.
 
     MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
@@ -261,7 +268,7 @@ def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: P
                 "caviar.tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **{f"metric.{k}": str(v) for k, v in best["metrics"].items() if v is not None},
                 **{f"hp.{k}": str(v) for k, v in best["config"].items()},
-                **{f"hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
+                **{f"hw.{k}": str(v) for k, v in (hardware or hardware_fingerprint()).items()}}
         version = c.create_model_version(name, source, run_id=parent, tags=tags)
         print(f"caviar: registered {name!r} version {version.version} "
               f"(models:/{name}/{version.version})", file=stream)
@@ -383,7 +390,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = "./caviar-runs", *,
     model_dir = export_best(spec, paths, summary, data)
     if model_dir is not None and sink is not None and written and \
             log_model(sink, model_dir, stream) and spec.register:
-        summary["registered"] = register_best(sink, spec, summary, model_dir, stream)
+        summary["registered"] = register_best(sink, spec, summary, model_dir, stream,
+                                              trial_hardware(rows, summary))
     summary["importance"] = draw_plots(spec, paths, summary, rows, stream)
     write_outputs(spec, paths, summary, rows)
     finish_tracking(sink, written, spec, paths, summary, stream)

@@ -327,3 +327,23 @@ def test_validate_checks_a_retune_file_without_running_it(tuned):
     bad = retune_file(tuned, "anything", seeds=0)
     ran = caviar(tuned, "validate", str(bad))
     assert ran.returncode == 2 and "key 'seeds'" in ran.stderr
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_the_hardware_a_trial_would_get_is_probed_on_the_cluster():
+    """Through a Ray task placed like a trial (a real 2-node ray.cluster_utils.Cluster;
+    no GPU here, so the node advertising one is placed on but reports none)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.hardware import hardware_fingerprint, training_hardware
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1, num_gpus=1)  # an advertised GPU: none is real here
+    try:
+        probed = training_hardware(cpu=1, gpu=1, address=cluster.address)
+        assert ray.is_initialized()
+        assert probed == {**hardware_fingerprint(), "gpu_count": 0, "gpu_model": ""}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
