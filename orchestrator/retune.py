@@ -7,8 +7,9 @@
    triggers it enabled against what the version recorded when it was tuned:
    age (``caviar.tuned_at``, or the last ``caviar.checked_at``), drift (PSI per
    feature and class distance against ``fingerprint.json``), hardware (the GPU
-   model and count a trial would get now against the best trial's ``hw.*``), decay (its accuracy on today's holdout against
-   the recorded ``metric.test_accuracy``). Any one makes it stale; all are reported.
+   model and count a trial would get now against the best trial's ``hw.*``), decay
+   (its accuracy on today's holdout against the recorded ``metric.test_accuracy``).
+   Any one makes it stale; all are reported.
 3. When stale (or ``--force``): a coarse-to-fine search whose round 0 is centred on
    the production hyperparameters (they are its first trial), on today's data,
    with a smaller budget than a cold search.
@@ -432,8 +433,8 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
         else:
             _retune(spec, client, prod, data, report, run_id, here, workdir, uri, address,
                     stream)
-    except (RegistryError, RetuneFailed):
-        report["error"] = report.get("error") or "see above"
+    except (RegistryError, RetuneFailed) as e:
+        report["error"] = str(e)
         _finish_run(client, run_id, report, stream)
         raise
     except Exception as e:  # noqa: BLE001 - recorded, reported, then exit 1
@@ -465,7 +466,8 @@ def _retune(spec, client, prod, data, report, run_id, here, workdir, uri, addres
                         "parent_run_id": summary["mlflow"]["parent_run_id"]}
     best = (summary.get("best") or {}).get("config")
     if not best:
-        raise RetuneFailed("the search finished no trial")
+        raise RetuneFailed("the warm-started search finished no trial; production was not "
+                           "changed")
     tuned = [p.name for p in spec.sweep.space.tuned]
     challenger = {k: best[k] for k in tuned}
     current = {k: start[k] for k in tuned if k in start}
