@@ -78,8 +78,10 @@ def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tm
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
+    # Epochs of a few tenths of a second: the node must die while its trial still has
+    # epochs to train (with 4000 rows a loaded CI machine once finished all 12 first).
     spec = load_sweep(write_sweep(
-        data={"source": "synthetic", "size": 4000, "n_features": 20, "classes": 3},
+        data={"source": "synthetic", "size": 30000, "n_features": 20, "classes": 3},
         strategy={"kind": "random", "trials": 2}, epochs=12,
         resources={"cpu": 1, "gpu": 1, "concurrency": 2}))
     log = tmp_path / "w" / "t" / "trials.jsonl"
@@ -104,6 +106,7 @@ def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tm
     summary = run_sweep(spec, tmp_path / "w")
     remover.join(timeout=5)
     assert removed, "no trial ran long enough to remove its node"
+    assert removed["epoch"] < 12, removed
 
     assert summary["trials"] == {"total": 2, "completed": 2, "early_stopped": 0,
                                  "diverged": 0, "failed": 0}
