@@ -393,10 +393,10 @@ def cmd_submit(args) -> int:
 def _registry_client(args):
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import ensure_sqlite_store, resolve_uri
+    from orchestrator.tracking import ensure_sqlite_store, resolve_uri, store_missing
 
     uri = resolve_uri(args.tracking_uri, None, args.workdir)
-    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if store_missing(uri):
         raise UsageError(f"no MLflow store at {uri}: pass --tracking-uri, or the --workdir "
                          "of the sweep that registered the model")
     ensure_sqlite_store(uri)

@@ -63,19 +63,17 @@ def promote(client, name: str, version: str) -> tuple[str | None, str]:
     Returns (the old production version or None, the new one)."""
     from mlflow.exceptions import MlflowException
 
-    _model(client, name)
+    aliases = {k: str(v) for k, v in (_model(client, name).aliases or {}).items()}
     try:
         client.get_model_version(name, str(version))
     except MlflowException:
         raise RegistryError(f"model {name!r} has no version {version}") from None
-    old = alias_version(client, name, PRODUCTION)
-    old_version = str(old.version) if old is not None else None
+    old_version, was_previous = aliases.get(PRODUCTION), aliases.get(PREVIOUS)
     if old_version == str(version):
         return old_version, str(version)
     if old_version is None:
         client.set_registered_model_alias(name, PRODUCTION, str(version))
         return None, str(version)
-    was_previous = alias_version(client, name, PREVIOUS)
     client.set_registered_model_alias(name, PREVIOUS, old_version)
     try:
         client.set_registered_model_alias(name, PRODUCTION, str(version))
@@ -84,7 +82,7 @@ def promote(client, name: str, version: str) -> tuple[str | None, str]:
             if was_previous is None:
                 client.delete_registered_model_alias(name, PREVIOUS)
             else:
-                client.set_registered_model_alias(name, PREVIOUS, str(was_previous.version))
+                client.set_registered_model_alias(name, PREVIOUS, was_previous)
         except Exception:  # noqa: BLE001, S110 - the server is gone; the first error tells
             pass
         raise

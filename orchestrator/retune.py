@@ -43,7 +43,7 @@ import numpy as np
 from orchestrator.hardware import hardware_fingerprint, training_hardware
 from orchestrator.registry import Lock, RegistryError, production, promote
 from orchestrator.retunefile import RetuneSpec
-from orchestrator.tracking import artifact_root, ensure_sqlite_store, resolve_uri
+from orchestrator.tracking import artifact_root, ensure_sqlite_store, resolve_uri, store_missing
 
 DECISIONS = ("not_stale", "promoted", "refreshed", "kept", "failed")
 P_VALUE = 0.05
@@ -88,13 +88,12 @@ def _parse_time(text: str | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def fetch(client, uri: str, name: str, dst: Path) -> Production:
-    """The production version and its files (weights, model.json, fingerprint.json)."""
+def fetch(client, uri: str, name: str, version, dst: Path) -> Production:
+    """A version (production's) with its files (weights, model.json, fingerprint.json)."""
     import mlflow
 
     from models.serving import FINGERPRINT, META
 
-    version = production(client, name)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # cron mail
     mlflow.set_registry_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(
@@ -110,22 +109,17 @@ def fetch(client, uri: str, name: str, dst: Path) -> Production:
 
 def deployed_scores(prod: Production, data) -> dict:
     """The deployed weights on today's holdout (its raw rows through its own mean and std)."""
-    import torch
-
-    from models.serving import load_model
+    from models.serving import load_model, predict
 
     net, meta = load_model(prod.dir)
     x_raw = data.x_test.astype(np.float64) * data.std + data.mean
-    z = (x_raw - np.asarray(meta["mean"])) / np.asarray(meta["std"])
+    _, probs = predict(net, meta, x_raw)
     index = {str(c): i for i, c in enumerate(meta["classes"])}
     y = np.array([index.get(str(data.classes[i]), -1) for i in data.y_test])
-    known = y >= 0
-    with torch.no_grad():
-        logits = net(torch.as_tensor(z, dtype=torch.float32))
-    pred = logits.argmax(dim=1).numpy()
-    accuracy = float(np.mean(pred == y)) if len(y) else 0.0
-    loss = float(torch.nn.functional.cross_entropy(
-        logits[known], torch.as_tensor(y[known]))) if known.any() else math.inf
+    known = y >= 0  # a class the model never saw counts as wrong, and is left out of the loss
+    accuracy = float(np.mean(probs.argmax(axis=1) == y)) if len(y) else 0.0
+    picked = probs[np.flatnonzero(known), y[known]]
+    loss = float(-np.mean(np.log(np.maximum(picked, 1e-12)))) if known.any() else math.inf
     return {"loss": loss, "accuracy": accuracy}
 
 
@@ -236,15 +230,15 @@ def _gate_fit(data, config: dict, epochs: int, seed: int, metric: str) -> dict:
     from models.train import evaluate, fit
 
     model_config, hparams = split_config(config)
-    runs = []
+    last = {}  # the TrainingRun, for its final state
     result = fit(data, model_config, hparams, epochs=epochs, seed=seed, num_threads=1,
-                 callback=lambda metrics, run: runs.append(run) and None)
+                 callback=lambda metrics, run: last.update(run=run) and None)
     loss, acc = evaluate(result.model, torch.as_tensor(data.x_test),
                          torch.as_tensor(data.y_test))
     val = result.metrics.get(metric)
     return {"seed": seed, "status": result.status, "holdout_loss": loss,
             "holdout_accuracy": acc, "val": val if val is not None else math.nan,
-            "state": runs[-1].state_dict() if runs else None,
+            "state": last["run"].state_dict() if last else None,
             "hardware": dict(hardware_fingerprint())}  # where it trained: the new hw.* tags
 
 
@@ -395,7 +389,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     workdir = Path(workdir).expanduser().resolve()
     uri = resolve_uri(tracking_uri, spec.tracking.get("uri") or spec.sweep.tracking.get("uri"),
                       workdir)
-    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if store_missing(uri):
         raise StoreMissing(f"no MLflow store at {uri} (so no model {spec.model!r}): pass "
                            "--tracking-uri, or the --workdir of the sweep that registered it")
     data = load_data(spec.data, spec.data_base)  # bad data is bad input: before the lock
@@ -404,7 +398,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     stamp = time.strftime("%Y%m%d-%H%M%S")
     here = workdir / f"retune-{spec.model}" / stamp
     try:
-        production(client, spec.model)  # unknown model, no production: bad input, exit 2
+        version = production(client, spec.model)  # unknown model, none: bad input, exit 2
     except RegistryError:
         raise
     except Exception as e:  # noqa: BLE001 - the tracking server is not answering
@@ -417,7 +411,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
               "started": utcnow().isoformat(timespec="seconds")}
     run_id = None
     try:
-        prod = fetch(client, uri, spec.model, here / "production")
+        prod = fetch(client, uri, spec.model, version, here / "production")
         report["production_version"] = str(prod.version.version)
         checked = check(spec, prod, data, address=address)
         report.update({"stale": checked["stale"], "reasons": checked["reasons"],

@@ -47,6 +47,11 @@ def resolve_uri(explicit: str | None, from_file: str | None, workdir: str | Path
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or from_file or embedded_uri(workdir)
 
 
+def store_missing(uri: str) -> bool:
+    """An embedded (sqlite) store whose file is not there: nothing registered in it."""
+    return uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def artifact_root(uri: str, workdir: str | Path) -> str | None:
     """The embedded store keeps artifacts in ``<workdir>/mlartifacts``; a server decides."""
     if uri.startswith("sqlite:"):
