@@ -56,8 +56,8 @@ def train_seconds(events_path: Path) -> float:
 
 
 def run_caviar(sweep: Path, workdir: Path) -> tuple[float, float]:
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweepfile import load_sweep
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import load_sweep
 
     spec = load_sweep(sweep)
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def run_caviar(sweep: Path, workdir: Path) -> tuple[float, float]:
 
 
 def _flat_trial(config, **kwargs):
-    from orchestrator.trainable import train_trial
+    from orchestrator.sweep.trainable import train_trial
 
     train_trial(config["trial"], cpus=1, **kwargs)
 
@@ -78,7 +78,7 @@ def run_plain_tune(sweep: Path, workdir: Path) -> tuple[float, float]:
     from ray import tune
 
     from models.data import load as load_data
-    from orchestrator.sweepfile import load_sweep
+    from orchestrator.sweep.spec import load_sweep
 
     spec = load_sweep(sweep)
     data = load_data(spec.data)

@@ -48,8 +48,8 @@ def drifted_digits(path: Path) -> Path:
 def sweep(name: str, data: dict, strategy: dict, seed: int, workdir: Path,
           epochs: int) -> list[float]:
     """Each trial's best val_loss, in the order the trials started."""
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweepfile import parse_sweep
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import parse_sweep
 
     raw = {"name": name, "data": data, "space": "course.yaml", "epochs": epochs,
            "strategy": strategy, "scheduler": {"kind": "fifo"},
@@ -93,7 +93,7 @@ def main() -> None:
                 "trials_per_round": args.per_round}
         budget = args.cold_rounds * args.per_round
         tuned = sweep("production", {"source": "digits"}, cold, 0, tmp / "w", args.epochs)
-        from orchestrator.sweepfile import parse_sweep
+        from orchestrator.sweep.spec import parse_sweep
 
         space = parse_sweep({"name": "space", "space": "course.yaml"}, "<space>").space
         configs = [json.loads(line)["config"] for line in

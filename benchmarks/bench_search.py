@@ -46,8 +46,8 @@ def sweep_dict(kind: str, budget: int, seed: int, epochs: int, scheduler: str = 
 
 def run(d: dict, workdir: Path) -> list[dict]:
     """Runs a sweep; returns its result events in the order the driver received them."""
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweepfile import parse_sweep
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import parse_sweep
 
     spec = parse_sweep(d, f"<{d['name']}>")
     run_sweep(spec, workdir, stream=open(os.devnull, "w"))

@@ -27,8 +27,8 @@ from bench_overhead import make_sweep
 
 
 def run(sweep: Path, workdir: Path, name: str, tracking: bool) -> float:
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweepfile import load_sweep
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import load_sweep
 
     raw = yaml.safe_load(sweep.read_text())
     raw["name"] = name

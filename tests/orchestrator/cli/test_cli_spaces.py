@@ -19,7 +19,7 @@ import yaml
 
 from orchestrator.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPACES = REPO / "searchspaces"
 SHIPPED = [SPACES / "course.yaml", SPACES / "adam.yaml", SPACES / "lr_vs_eps.yaml"]
 

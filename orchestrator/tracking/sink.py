@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from orchestrator.trainable import hyperparameters
+from orchestrator.sweep.trainable import hyperparameters
 
 # A server that does not answer should cost seconds, not MLflow's default minutes of
 # retries: the sync thread retries on its own, and the records wait on disk meanwhile.

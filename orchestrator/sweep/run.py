@@ -29,19 +29,19 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
-from orchestrator.hardware import HARDWARE_KEYS, hardware_fingerprint  # noqa: E402
-from orchestrator.records import (  # noqa: E402
+from orchestrator.cluster.hardware import HARDWARE_KEYS, hardware_fingerprint  # noqa: E402
+from orchestrator.strategies import make_strategy  # noqa: E402
+from orchestrator.sweep.records import (  # noqa: E402
     LOG_FILE,
     ORPHANS,
     STATE_FILE,
     RecordingCallback,
     prune_checkpoints,
 )
-from orchestrator.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
-from orchestrator.strategies import make_strategy  # noqa: E402
-from orchestrator.sweepfile import SweepSpec  # noqa: E402
-from orchestrator.tracking import MlflowSink, SyncThread, resolve_uri, sweep_artifacts  # noqa: E402
-from orchestrator.trainable import BEST_FILE, train_trial  # noqa: E402
+from orchestrator.sweep.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
+from orchestrator.sweep.spec import SweepSpec  # noqa: E402
+from orchestrator.sweep.trainable import BEST_FILE, train_trial  # noqa: E402
+from orchestrator.tracking.sink import MlflowSink, SyncThread, resolve_uri, sweep_artifacts  # noqa: E402
 from searchspaces import SpecError  # noqa: E402
 
 
@@ -191,7 +191,7 @@ def finish_tracking(sink: MlflowSink | None, written: bool, spec: SweepSpec, pat
 
 def draw_plots(spec: SweepSpec, paths: dict, summary: dict, rows: list[dict], stream) -> dict:
     """The sweep's PNGs in ``<sweep>/plots/``; returns the measured importances."""
-    from orchestrator.plots import PLOTS_DIR, make_plots
+    from orchestrator.sweep.plots import PLOTS_DIR, make_plots
 
     try:
         _, shares = make_plots(spec.space, rows, summary.get("rounds", []),
@@ -274,7 +274,7 @@ def register_best(sink: MlflowSink, spec: SweepSpec, summary: dict, model_dir: P
               f"(models:/{name}/{version.version})", file=stream)
         out = {"name": name, "version": str(version.version)}
         if spec.register.get("promote"):
-            from orchestrator.registry import Lock, Locked, promote
+            from orchestrator.tracking.registry import Lock, Locked, promote
 
             try:
                 with Lock(c, name, lease_s=60, what=f"sweep {spec.name}"):

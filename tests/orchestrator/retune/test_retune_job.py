@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO, free_port
 from mlflow import MlflowClient
 
-from orchestrator.registry import PREVIOUS, PRODUCTION, Lock, Locked
+from orchestrator.tracking.registry import PREVIOUS, PRODUCTION, Lock, Locked
 
 FEATURES = 10
 
@@ -336,7 +336,7 @@ def test_the_hardware_a_trial_would_get_is_probed_on_the_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.hardware import hardware_fingerprint, training_hardware
+    from orchestrator.cluster.hardware import hardware_fingerprint, training_hardware
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1, num_gpus=1)  # an advertised GPU: none is real here

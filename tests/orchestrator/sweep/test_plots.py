@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.plots import _unit_axis, importance, make_plots
+from orchestrator.sweep.plots import _unit_axis, importance, make_plots
 from searchspaces import SearchSpace, sample
 
 SPACE = SearchSpace.from_dict({"parameters": {

@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO, free_port
 from mlflow import MlflowClient
 
-from orchestrator.sweep import run_sweep
-from orchestrator.sweepfile import load_sweep
+from orchestrator.sweep.run import run_sweep
+from orchestrator.sweep.spec import load_sweep
 
 
 def _wait_healthy(url: str, proc, timeout: float = 120.0, log=None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from models.data import FILE_SOURCES, resolve_path
-from orchestrator.sweepfile import SweepSpec
+from orchestrator.sweep.spec import SweepSpec
 
 PACKAGES = ("orchestrator", "models", "searchspaces")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -28,7 +28,7 @@ AGENT_WAIT_S = 60.0  # how long a "no available agent, try again later" is retri
 
 def stage(spec: SweepSpec, raw: dict, into: Path) -> Path:
     """Fills ``into`` with what the job needs; returns the staged sweep file."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for pkg in PACKAGES:
         shutil.copytree(root / pkg, into / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

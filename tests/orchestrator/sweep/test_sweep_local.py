@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import read_events
 
-from orchestrator.sweep import SweepError, run_sweep
-from orchestrator.sweepfile import load_sweep
+from orchestrator.sweep.run import SweepError, run_sweep
+from orchestrator.sweep.spec import load_sweep
 from searchspaces import SpecError
 
 

@@ -36,7 +36,7 @@ def _rules():
 
 def _load_any(path: str):
     """(kind, SearchSpace, SweepSpec | None) for a space or sweep file."""
-    from orchestrator.sweepfile import file_kind, parse_sweep
+    from orchestrator.sweep.spec import file_kind, parse_sweep
 
     raw = load_mapping(path)
     kind = file_kind(raw)
@@ -66,7 +66,7 @@ def _describe(space: SearchSpace) -> str:
 
 
 def _validate_retune(path: str) -> None:
-    from orchestrator.retunefile import load_retune
+    from orchestrator.retune.spec import load_retune
 
     r = load_retune(path)
     print(f"{path}: OK: re-tune job for model {r.model!r}: triggers {', '.join(r.triggers)}; "
@@ -76,7 +76,7 @@ def _validate_retune(path: str) -> None:
 
 
 def cmd_validate(args) -> int:
-    from orchestrator.sweepfile import file_kind
+    from orchestrator.sweep.spec import file_kind
 
     for path in args.files:
         if file_kind(load_mapping(path)) == "retune":
@@ -233,12 +233,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from orchestrator.sweepfile import load_sweep
+    from orchestrator.sweep.spec import load_sweep
 
     spec = load_sweep(args.file)
     if args.resume and args.fresh:
         raise UsageError("--resume and --fresh exclude each other")
-    from orchestrator.sweep import SweepError, SweepInterrupted, run_sweep
+    from orchestrator.sweep.run import SweepError, SweepInterrupted, run_sweep
 
     try:
         summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
@@ -253,8 +253,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from orchestrator.records import LOG_FILE
-    from orchestrator.tracking import STATE_FILE, MlflowSink, sweep_artifacts
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.tracking.sink import STATE_FILE, MlflowSink, sweep_artifacts
 
     workdir = Path(args.workdir).expanduser()
     dirs = sorted(p.parent for p in workdir.glob(f"*/{STATE_FILE}"))
@@ -306,7 +306,7 @@ def _read_rows(path: str, feature_names: list):
 
 def cmd_predict(args) -> int:
     from models.serving import META, load_model, predict
-    from orchestrator.tracking import resolve_uri
+    from orchestrator.tracking.sink import resolve_uri
 
     model_dir = Path(args.model)
     if not (model_dir / META).is_file():
@@ -339,7 +339,7 @@ def cmd_ui(args) -> int:
     import socket
     import subprocess
 
-    from orchestrator.tracking import embedded_uri, ensure_sqlite_store
+    from orchestrator.tracking.sink import embedded_uri, ensure_sqlite_store
 
     workdir = Path(args.workdir).expanduser().resolve()
     if not (workdir / "mlflow.db").exists():
@@ -371,8 +371,8 @@ def cmd_ui(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from orchestrator.submit import submit
-    from orchestrator.sweepfile import parse_sweep
+    from orchestrator.cluster.submit import submit
+    from orchestrator.sweep.spec import parse_sweep
 
     raw = load_mapping(args.file)
     spec = parse_sweep(raw, args.file, Path(args.file).resolve().parent)
@@ -393,7 +393,7 @@ def cmd_submit(args) -> int:
 def _registry_client(args):
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import ensure_sqlite_store, resolve_uri, store_missing
+    from orchestrator.tracking.sink import ensure_sqlite_store, resolve_uri, store_missing
 
     uri = resolve_uri(args.tracking_uri, None, args.workdir)
     if store_missing(uri):
@@ -405,7 +405,7 @@ def _registry_client(args):
 
 def _registry_call(fn, *args):
     """A registry operation; an unknown model or version is bad input (exit 2)."""
-    from orchestrator.registry import RegistryError
+    from orchestrator.tracking.registry import RegistryError
 
     try:
         return fn(*args)
@@ -416,7 +416,7 @@ def _registry_call(fn, *args):
 @contextlib.contextmanager
 def _locked(client, model: str, what: str):
     """The model's re-tune lock, so that a hand-made move never races the job."""
-    from orchestrator.registry import Lock, Locked
+    from orchestrator.tracking.registry import Lock, Locked
 
     lock = Lock(client, model, lease_s=60, what=what)
     try:
@@ -431,7 +431,7 @@ def _locked(client, model: str, what: str):
 
 
 def cmd_promote(args) -> int:
-    from orchestrator.registry import promote
+    from orchestrator.tracking.registry import promote
 
     client, uri = _registry_client(args)
     with _locked(client, args.model, "promote"):
@@ -446,7 +446,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from orchestrator.registry import rollback
+    from orchestrator.tracking.registry import rollback
 
     client, uri = _registry_client(args)
     with _locked(client, args.model, "rollback"):
@@ -457,9 +457,9 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_retune(args) -> int:
-    from orchestrator.registry import Locked, RegistryError
-    from orchestrator.retune import RetuneFailed, StoreMissing, run_retune
-    from orchestrator.retunefile import load_retune
+    from orchestrator.retune.job import RetuneFailed, StoreMissing, run_retune
+    from orchestrator.retune.spec import load_retune
+    from orchestrator.tracking.registry import Locked, RegistryError
 
     spec = load_retune(args.file)
     try:

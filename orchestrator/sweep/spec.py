@@ -31,7 +31,7 @@ from models.data import DataError, DataSpec
 from searchspaces import SearchSpace, SpecError
 from searchspaces.yamlio import load_mapping
 
-BUILTIN_SPACES = Path(__file__).resolve().parent.parent / "searchspaces"
+BUILTIN_SPACES = Path(__file__).resolve().parents[2] / "searchspaces"
 
 TOP_KEYS = ("name", "description", "data", "model", "space", "strategy", "scheduler", "epochs",
             "metric", "resources", "seed", "register", "tracking")

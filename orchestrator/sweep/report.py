@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.records import LOG_FILE, STATE_FILE, TrialLog
 from orchestrator.strategies import SEED_KEY
-from orchestrator.trainable import hyperparameters
+from orchestrator.sweep.records import LOG_FILE, STATE_FILE, TrialLog
+from orchestrator.sweep.trainable import hyperparameters
 
 STATUSES = ("completed", "early_stopped", "diverged", "failed")
 

@@ -28,8 +28,8 @@ from ray import tune
 
 from models.config import split_config
 from models.train import fit, load_checkpoint
-from orchestrator.hardware import hardware_fingerprint
-from orchestrator.records import ORPHANS
+from orchestrator.cluster.hardware import hardware_fingerprint
+from orchestrator.sweep.records import ORPHANS
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
 KEEP = 2  # own checkpoints kept per trial

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.data import DataError, DataSpec
-from orchestrator.sweepfile import (
+from orchestrator.sweep.spec import (
     SweepSpec,
     _fail,
     _number,

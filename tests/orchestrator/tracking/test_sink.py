@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO, free_port
 from mlflow import MlflowClient
 
-from orchestrator.sweep import run_sweep
-from orchestrator.sweepfile import load_sweep
+from orchestrator.sweep.run import run_sweep
+from orchestrator.sweep.spec import load_sweep
 
 
 def runs_of(uri: str, experiment: str):
@@ -105,7 +105,7 @@ def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_p
     from models.data import load as load_data
     from models.serving import load_model, predict
     from models.train import load_checkpoint
-    from orchestrator.trainable import BEST_FILE
+    from orchestrator.sweep.trainable import BEST_FILE
 
     spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 3}, epochs=4,
                                   register={"name": "tiny-classifier"}))

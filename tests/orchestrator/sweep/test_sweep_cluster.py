@@ -15,8 +15,8 @@ import ray
 from conftest import read_events
 from ray.cluster_utils import Cluster
 
-from orchestrator.sweep import run_sweep
-from orchestrator.sweepfile import load_sweep
+from orchestrator.sweep.run import run_sweep
+from orchestrator.sweep.spec import load_sweep
 
 
 @pytest.fixture

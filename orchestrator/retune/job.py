@@ -40,10 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.hardware import hardware_fingerprint, training_hardware
-from orchestrator.registry import Lock, RegistryError, production, promote
-from orchestrator.retunefile import RetuneSpec
-from orchestrator.tracking import artifact_root, ensure_sqlite_store, resolve_uri, store_missing
+from orchestrator.cluster.hardware import hardware_fingerprint, training_hardware
+from orchestrator.retune.spec import RetuneSpec
+from orchestrator.tracking.registry import Lock, RegistryError, production, promote
+from orchestrator.tracking.sink import (
+    artifact_root,
+    ensure_sqlite_store,
+    resolve_uri,
+    store_missing,
+)
 
 DECISIONS = ("not_stale", "promoted", "refreshed", "kept", "failed")
 P_VALUE = 0.05
@@ -196,8 +201,8 @@ def cooldown(spec: RetuneSpec, prod: Production, now: datetime | None = None) ->
 def warm_search(spec: RetuneSpec, start: dict, workdir: Path, uri: str, name: str,
                 address: str | None, stream) -> dict:
     """Coarse to fine from production's hyperparameters, on today's data; its summary."""
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweepfile import parse_sweep
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import parse_sweep
 
     sweep = spec.sweep
     tuned = {p.name for p in sweep.space.tuned}

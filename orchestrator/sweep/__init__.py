@@ -1,0 +1,9 @@
+"""Sweeps: the sweep file, the driver that runs a study on Ray Tune, and what it leaves.
+
+- ``spec``: the sweep file (SWEEP.yaml), read once, checked whole, frozen.
+- ``run``: the driver: from a checked sweep to summary.json, trials.csv and the model.
+- ``trainable``: one trial on a Ray worker (``models.train.fit``, checkpointed per epoch).
+- ``records``: the event log (trials.jsonl) and the driver-side callback writing it.
+- ``report``: summary.json, trials.csv and the table of top trials.
+- ``plots``: the sweep's PNGs.
+"""
