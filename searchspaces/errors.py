@@ -16,3 +16,16 @@ class SpecError(ValueError):
         self.message = message
         prefix = source if not where else f"{source}: {where}"
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def did_you_mean(name: object, known) -> str:
+    """`` (did you mean 'lr'?)`` when ``name`` is close to one of ``known``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key(key: object, allowed) -> str:
+    """The rule an unknown key breaks, with the nearest allowed key as a hint."""
+    return f"unknown key{did_you_mean(key, allowed)}; allowed keys are " + ", ".join(allowed)

@@ -14,13 +14,12 @@ Every error names the file, the parameter, the field, the rule and the bad value
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from searchspaces.errors import SpecError
+from searchspaces.errors import SpecError, did_you_mean, unknown_key
 from searchspaces.scales import SCALES, Linear, Log, Scale
 from searchspaces.yamlio import load_mapping
 
@@ -219,7 +218,7 @@ class SearchSpace:
             raise SpecError(source, "", f"must be a mapping, got {type(data).__name__}")
         for key in data:
             if key not in TOP_KEYS:
-                raise SpecError(source, f"key {key!r}", _unknown(key, TOP_KEYS))
+                raise SpecError(source, f"key {key!r}", unknown_key(key, TOP_KEYS))
         if "parameters" not in data:
             raise SpecError(source, "", "missing key 'parameters' (a mapping of name -> spec)")
         params = data["parameters"]
@@ -239,129 +238,139 @@ class SearchSpace:
         return cls.from_dict(load_mapping(path), str(path), rules)
 
 
-def _unknown(key: object, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key{hint}; allowed keys are " + ", ".join(allowed)
-
-
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+class _Where:
+    """Errors for one parameter of one file, and its rule from the model (or None)."""
+
+    def __init__(self, name: str, source: str, rules: Mapping | None):
+        self.name, self.source = name, source
+        if rules is not None and name not in rules:
+            raise self.fail(None, f"the model has no such parameter{did_you_mean(name, rules)}; "
+                            "it accepts " + ", ".join(sorted(rules)))
+        self.rule = rules[name] if rules is not None else None
+
+    def fail(self, field_: str | None, message: str) -> SpecError:
+        where = f"parameter {self.name!r}" + (f": field {field_!r}" if field_ else "")
+        return SpecError(self.source, where, message)
+
+    def check_rule(self, field_: str, value: object) -> None:
+        if self.rule is not None:
+            problem = self.rule.check(value)
+            if problem:
+                raise self.fail(field_, f"the model says {self.name} {problem}, got {value!r}")
+
+    def only(self, spec: Mapping, allowed: tuple, message: str) -> None:
+        extra = [k for k in spec if k not in allowed]
+        if extra:
+            raise self.fail(extra[0], message)
+
+
 def _parse_parameter(name: str, spec: object, source: str, rules: Mapping | None) -> Parameter:
-    where = f"parameter {name!r}"
-
-    def fail(field_: str | None, message: str) -> SpecError:
-        return SpecError(source, where + (f": field {field_!r}" if field_ else ""), message)
-
-    if rules is not None and name not in rules:
-        close = difflib.get_close_matches(name, list(rules), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise fail(None, f"the model has no such parameter{hint}; it accepts "
-                   + ", ".join(sorted(rules)))
-    rule = rules[name] if rules is not None else None
+    w = _Where(name, source, rules)
     if not isinstance(spec, Mapping):
-        raise fail(None, "must be a mapping such as {scale: log, low: 1.0e-4, high: 1.0}, "
-                   f"{{choice: [32, 64]}} or {{fixed: 0.9}}, got {spec!r}")
+        raise w.fail(None, "must be a mapping such as {scale: log, low: 1.0e-4, high: 1.0}, "
+                     f"{{choice: [32, 64]}} or {{fixed: 0.9}}, got {spec!r}")
     for key in spec:
         if key not in ALL_KEYS:
-            raise fail(str(key), _unknown(key, ALL_KEYS))
-
+            raise w.fail(str(key), unknown_key(key, ALL_KEYS))
     priority = spec.get("priority")
     if priority is not None and (
         not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES
     ):
-        raise fail("priority", f"must be 1 (most important) to 4 (least), got {priority!r}")
-
-    def check_rule(field_: str, value: object) -> None:
-        if rule is not None:
-            problem = rule.check(value)
-            if problem:
-                raise fail(field_, f"the model says {name} {problem}, got {value!r}")
-
+        raise w.fail("priority", f"must be 1 (most important) to 4 (least), got {priority!r}")
     if "fixed" in spec:
-        extra = [k for k in spec if k not in FIXED_KEYS]
-        if extra:
-            raise fail(extra[0], "a fixed parameter takes only 'fixed' and 'priority'")
-        check_rule("fixed", spec["fixed"])
+        w.only(spec, FIXED_KEYS, "a fixed parameter takes only 'fixed' and 'priority'")
+        w.check_rule("fixed", spec["fixed"])
         return FixedParameter(name, priority, value=spec["fixed"])
-
     if "choice" in spec:
-        extra = [k for k in spec if k not in CHOICE_KEYS]
-        if extra:
-            raise fail(extra[0], "a choice takes only 'choice', 'priority' and 'default'")
-        values = spec["choice"]
-        if not isinstance(values, list) or not values:
-            raise fail("choice", f"must be a non-empty list of values, got {values!r}")
-        seen = []
-        for v in values:
-            if isinstance(v, (Mapping, list)):
-                raise fail("choice", f"values must be scalars, got {v!r}")
-            if any(v == s for s in seen):  # 1, 1.0 and True are one value to Python
-                raise fail("choice", f"lists {v!r} twice (or a value equal to it); "
-                           "each value once")
-            check_rule("choice", v)
-            seen.append(v)
-        default = spec.get("default")
-        if default is not None and not any(default == v and type(default) is type(v)
-                                           for v in values):
-            raise fail("default", f"must be one of the choices {values}, got {default!r}")
-        return ChoiceParameter(name, priority, values=tuple(values), default=default)
+        return _choice(spec, w, priority)
+    return _range(spec, w, priority)
 
+
+def _choice(spec: Mapping, w: _Where, priority: int | None) -> ChoiceParameter:
+    w.only(spec, CHOICE_KEYS, "a choice takes only 'choice', 'priority' and 'default'")
+    values = spec["choice"]
+    if not isinstance(values, list) or not values:
+        raise w.fail("choice", f"must be a non-empty list of values, got {values!r}")
+    seen = []
+    for v in values:
+        if isinstance(v, (Mapping, list)):
+            raise w.fail("choice", f"values must be scalars, got {v!r}")
+        if any(v == s for s in seen):  # 1, 1.0 and True are one value to Python
+            raise w.fail("choice", f"lists {v!r} twice (or a value equal to it); each value once")
+        w.check_rule("choice", v)
+        seen.append(v)
+    default = spec.get("default")
+    if default is not None and not any(default == v and type(default) is type(v)
+                                       for v in values):
+        raise w.fail("default", f"must be one of the choices {values}, got {default!r}")
+    return ChoiceParameter(w.name, priority, values=tuple(values), default=default)
+
+
+def _scale_and_type(spec: Mapping, w: _Where) -> tuple[str, str]:
     for key in ("low", "high"):
         if key not in spec:
-            raise fail(None, f"missing {key!r}: a range needs low and high "
-                       "(or use {choice: [...]} or {fixed: value})")
+            raise w.fail(None, f"missing {key!r}: a range needs low and high "
+                         "(or use {choice: [...]} or {fixed: value})")
     scale_name = spec.get("scale", "linear")
     if scale_name not in SCALES:
-        close = difflib.get_close_matches(str(scale_name), list(SCALES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise fail("scale", f"must be one of {', '.join(SCALES)}, got {scale_name!r}{hint}")
+        raise w.fail("scale", f"must be one of {', '.join(SCALES)}, got {scale_name!r}"
+                     + did_you_mean(scale_name, SCALES))
     type_name = spec.get("type")
     if type_name is None:
-        type_name = "int" if rule is not None and rule.type is int else "float"
+        type_name = "int" if w.rule is not None and w.rule.type is int else "float"
     if type_name not in ("float", "int"):
-        raise fail("type", f"must be 'float' or 'int', got {type_name!r}")
-    if type_name == "float" and rule is not None and rule.type is int:
-        raise fail("type", f"the model says {name} must be an int; use type: int")
+        raise w.fail("type", f"must be 'float' or 'int', got {type_name!r}")
+    if type_name == "float" and w.rule is not None and w.rule.type is int:
+        raise w.fail("type", f"the model says {w.name} must be an int; use type: int")
     if type_name == "int" and scale_name == "reverse_log":
-        raise fail("type", "scale 'reverse_log' is for floats (momentum-like betas), not ints")
+        raise w.fail("type", "scale 'reverse_log' is for floats (momentum-like betas), not ints")
+    return scale_name, type_name
 
+
+def _bounds(spec: Mapping, w: _Where, scale_name: str, type_name: str) -> tuple:
     low, high = spec["low"], spec["high"]
     for key, v in (("low", low), ("high", high)):
         if not _is_number(v):
-            raise fail(key, f"must be a number, got {v!r}")
+            raise w.fail(key, f"must be a number, got {v!r}")
         if math.isnan(v) or math.isinf(v):
-            raise fail(key, f"must be finite, got {v}")
+            raise w.fail(key, f"must be finite, got {v}")
         if type_name == "int" and not float(v).is_integer():
-            raise fail(key, f"type 'int' needs whole-number bounds, got {key}={v!r}")
+            raise w.fail(key, f"type 'int' needs whole-number bounds, got {key}={v!r}")
     if low >= high:
-        raise fail("low", f"needs low < high, got low={low!r}, high={high!r}"
-                   + (" (use {fixed: value} for one value)" if low == high else ""))
+        raise w.fail("low", f"needs low < high, got low={low!r}, high={high!r}"
+                     + (" (use {fixed: value} for one value)" if low == high else ""))
     if scale_name == "log" and low <= 0:
-        raise fail("low", f"scale 'log' needs low > 0, got low={low!r}")
+        raise w.fail("low", f"scale 'log' needs low > 0, got low={low!r}")
     if scale_name == "reverse_log" and not (0 <= low and high < 1):
         bad = "low" if low < 0 else "high"
-        raise fail(bad, f"scale 'reverse_log' needs 0 <= low < high < 1 (it samples 1 - value "
-                   f"on a log scale), got low={low!r}, high={high!r}")
+        raise w.fail(bad, f"scale 'reverse_log' needs 0 <= low < high < 1 (it samples 1 - value "
+                     f"on a log scale), got low={low!r}, high={high!r}")
     if type_name == "int" and scale_name == "log" and low < 1:
-        raise fail("low", f"an int on scale 'log' needs low >= 1, got low={low!r}")
-
+        raise w.fail("low", f"an int on scale 'log' needs low >= 1, got low={low!r}")
     if type_name == "int":
         low, high = int(low), int(high)
-    check_rule("low", low)
-    check_rule("high", high)
+    w.check_rule("low", low)
+    w.check_rule("high", high)
+    return low, high
+
+
+def _range(spec: Mapping, w: _Where, priority: int | None) -> Parameter:
+    scale_name, type_name = _scale_and_type(spec, w)
+    low, high = _bounds(spec, w, scale_name, type_name)
     default = spec.get("default")
     if default is not None:
         if not _is_number(default) or (type_name == "int" and not float(default).is_integer()):
-            raise fail("default", f"must be a {type_name}, got {default!r}")
+            raise w.fail("default", f"must be a {type_name}, got {default!r}")
         if not low <= default <= high:
-            raise fail("default", f"must lie in [low, high] = [{low}, {high}], got {default!r}")
+            raise w.fail("default", f"must lie in [low, high] = [{low}, {high}], got {default!r}")
         default = int(default) if type_name == "int" else float(default)
     scale = SCALES[scale_name](low, high)
     if type_name == "int":
         if not isinstance(scale, (Linear, Log)):  # pragma: no cover - refused above
-            raise fail("scale", "ints take scale linear or log")
-        return IntParameter(name, priority, scale=scale, default=default)
-    return FloatParameter(name, priority, scale=scale, default=default)
+            raise w.fail("scale", "ints take scale linear or log")
+        return IntParameter(w.name, priority, scale=scale, default=default)
+    return FloatParameter(w.name, priority, scale=scale, default=default)
