@@ -163,13 +163,18 @@ def _synthetic(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
     return x, y, [f"x{i}" for i in range(spec.n_features)]
 
 
-def _read_npz(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
-    label = spec.label or "y"
+def read_npz(path: Path) -> dict:
+    """The arrays of an .npz file (never unpickling objects); unreadable is a DataError."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _read_npz(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
+    label = spec.label or "y"
+    arrays = read_npz(path)
     for key in (spec.features, label):
         if key not in arrays:
             raise DataError(f"{path}: no array {key!r}; the file has "
@@ -186,19 +191,23 @@ def _read_npz(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]
     return x, y, [f"x{i}" for i in range(x.shape[1])]
 
 
-def _read_table(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
+def read_frame(path: Path, source: str):
+    """A csv or parquet file as a DataFrame; an empty or unreadable file is a DataError."""
     import pandas as pd
 
     try:
-        if spec.source == "csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
+        return pd.read_csv(path) if source == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except Exception as e:  # parser errors differ by engine; all mean "unreadable"
-        raise DataError(f"{path}: cannot be read as {spec.source} ({type(e).__name__}: "
+        raise DataError(f"{path}: cannot be read as {source} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _read_table(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list]:
+    import pandas as pd
+
+    frame = read_frame(path, spec.source)
     if spec.label not in frame.columns:
         raise DataError(f"{path}: no label column {spec.label!r}; the columns are "
                         + ", ".join(map(str, frame.columns)))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from models.config import MLPConfig
+from models.data import DataError, read_frame, read_npz
 from models.fingerprint import fingerprint
 from models.net import MLP
 
@@ -74,3 +75,24 @@ def predict(net: MLP, meta: dict, x: np.ndarray) -> tuple[list, np.ndarray]:
     z = (x - np.asarray(meta["mean"])) / np.asarray(meta["std"])
     probs = net.predict_proba(torch.as_tensor(z, dtype=torch.float32)).numpy()
     return [meta["classes"][i] for i in probs.argmax(axis=1)], probs
+
+
+def read_rows(path: str | Path, feature_names: list) -> np.ndarray:
+    """Raw feature rows from a csv, parquet or npz file, in the model's feature order
+    (a label column is ignored; unnamed columns are taken in training order)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such file")
+    if p.suffix == ".npz":
+        arrays = read_npz(p)
+        if "X" not in arrays:
+            raise DataError(f"{path}: no array 'X' (the feature rows)")
+        return arrays["X"]
+    frame = read_frame(p, "parquet" if p.suffix in (".parquet", ".pq") else "csv")
+    missing = [c for c in feature_names if c not in frame.columns]
+    if missing and frame.shape[1] == len(feature_names):
+        return frame.to_numpy(dtype=float)  # unnamed columns, in training order
+    if missing:
+        raise DataError(f"{path}: missing feature column(s) {', '.join(missing[:5])}; the "
+                        f"model was trained on {', '.join(feature_names[:8])}...")
+    return frame[feature_names].to_numpy(dtype=float)

@@ -21,6 +21,7 @@ import torch
 
 from models.config import HParams, MLPConfig
 from models.data import Dataset
+from models.files import atomic_path
 from models.net import MLP, loss_fn
 
 CHECKPOINT_FORMAT = 1
@@ -200,15 +201,28 @@ class TrainingRun:
         """Writes the state atomically (temp file, then rename): a crash never leaves half."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self._live_state(), tmp)  # written at once: no copy needed
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self._live_state(), tmp)  # written at once: no copy needed
         return path
+
+
+def holdout_scores(model: MLP, data: Dataset) -> tuple[float, float]:
+    """(loss, accuracy) on the test split: the holdout no trial was chosen on."""
+    device = next(model.parameters()).device
+    return evaluate(model, torch.as_tensor(data.x_test, device=device),
+                    torch.as_tensor(data.y_test, device=device))
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Reads a checkpoint without unpickling code (``weights_only=True``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def net_from_checkpoint(state: dict) -> MLP:
+    """The net a checkpoint holds, with its weights and BN statistics, on the CPU."""
+    net = MLP(*state["shape"], MLPConfig(**state["model_config"]))
+    net.load_state_dict(state["model"])
+    return net
 
 
 def fit(
