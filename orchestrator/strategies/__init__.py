@@ -1,42 +1,55 @@
-"""Search strategies, one module each, all Ray Tune Searchers working in unit space."""
+"""Search strategies, one module each, all Ray Tune Searchers working in unit space.
+
+``KINDS`` is the registry, keyed by a sweep file's ``strategy.kind`` (like
+``searchspaces.SCALES``): each strategy declares its own keys with their defaults
+and rules (``Settings``), its budget, and how it is built from its settings.
+"""
 
 from __future__ import annotations
 
-from orchestrator.strategies._base import (
-    ROUND_KEY,
-    SEED_KEY,
-    RoundRecord,
-    Strategy,
-    TrialRecord,
-)
+from collections.abc import Mapping
+
+from orchestrator.strategies._base import RoundRecord, Strategy, TrialRecord
 from orchestrator.strategies._coarse_to_fine import CoarseToFineStrategy
 from orchestrator.strategies._grid import GridStrategy
 from orchestrator.strategies._random import QuasiRandomStrategy, RandomStrategy
+from orchestrator.strategies._settings import parse, to_dict
 from orchestrator.strategies._tpe import TpeStrategy
+from searchspaces.fields import fail
+from searchspaces.trial import ROUND_KEY, SEED_KEY
 
 __all__ = [
-    "ROUND_KEY", "SEED_KEY", "CoarseToFineStrategy", "GridStrategy", "QuasiRandomStrategy",
-    "RandomStrategy", "RoundRecord", "Strategy", "TpeStrategy", "TrialRecord", "make_strategy",
+    "DEFAULT_KIND", "KINDS", "ROUND_KEY", "SEED_KEY", "CoarseToFineStrategy", "GridStrategy",
+    "QuasiRandomStrategy", "RandomStrategy", "RoundRecord", "Strategy", "TpeStrategy",
+    "TrialRecord", "budget", "make_strategy", "parse_strategy", "to_dict",
 ]
 
+KINDS: dict[str, type[Strategy]] = {cls.kind: cls for cls in (
+    RandomStrategy, QuasiRandomStrategy, GridStrategy, TpeStrategy, CoarseToFineStrategy)}
+DEFAULT_KIND = "coarse_to_fine"  # the course's method
 
-def make_strategy(strategy: dict, space, metric: str, mode: str, seed: int,
+
+def parse_strategy(section: Mapping, source: str, space):
+    """A sweep file's ``strategy:`` section as its kind's checked, frozen settings.
+
+    Raises:
+        SpecError: an unknown kind or key, or a value that breaks its rule.
+    """
+    kind = section.get("kind", DEFAULT_KIND)
+    if kind not in KINDS:
+        raise fail(source, "strategy.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    cls = KINDS[kind]
+    return parse(cls.Settings, {**section, "kind": kind}, source, space)
+
+
+def budget(settings, space) -> int:
+    """How many trials a strategy with these settings runs over ``space``."""
+    return KINDS[settings.kind].budget_of(settings, space)
+
+
+def make_strategy(settings, space, metric: str, mode: str, seed: int,
                   state_file=None) -> Strategy:
-    """The Strategy a sweep file's ``strategy:`` section names (already checked)."""
-    kind = strategy["kind"]
-    common = {"seed": seed, "state_file": state_file}
-    if kind == "coarse_to_fine":
-        return CoarseToFineStrategy(space, metric, mode, strategy["rounds"],
-                                    strategy["trials_per_round"], strategy["keep"],
-                                    strategy["margin"], strategy["sampler"], **common,
-                                    start=strategy.get("start"),
-                                    width=strategy.get("width", 0.25))
-    if kind == "grid":
-        return GridStrategy(space, metric, mode, strategy["points"], **common)
-    if kind == "random":
-        return RandomStrategy(space, metric, mode, strategy["trials"], **common)
-    if kind == "quasi_random":
-        return QuasiRandomStrategy(space, metric, mode, strategy["trials"], **common)
-    if kind == "tpe":
-        return TpeStrategy(space, metric, mode, strategy["trials"], **common)
-    raise ValueError(f"unknown strategy {kind!r}")
+    """The Strategy for a ``strategy:`` section (its settings, or the section itself)."""
+    if isinstance(settings, Mapping):
+        settings = parse_strategy(settings, "<strategy>", space)
+    return KINDS[settings.kind].from_settings(settings, space, metric, mode, seed, state_file)

@@ -13,14 +13,13 @@ import math
 import os
 import pickle
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ray.tune.search import Searcher
 
+from models.files import atomic_write
+from models.objective import Objective
 from searchspaces import SearchSpace
-
-ROUND_KEY = "_round"  # in each trial's config: which coarse-to-fine round it belongs to
-SEED_KEY = "_seed"  # in each trial's config: the trial's own seed, so it can be re-run
+from searchspaces.trial import ROUND_KEY, SEED_KEY
 
 
 @dataclass
@@ -73,10 +72,23 @@ class Strategy(Searcher):
       ``--resume``, so a resumed sweep goes on where it was.
 
     Subclasses implement ``_next(trial_id)`` (a unit point and its round, None
-    or FINISHED) and may override ``_on_complete``.
+    or FINISHED) and may override ``_on_complete``. Each declares its sweep-file
+    keys as ``Settings`` (see ``_settings``), its budget for those settings, and
+    how it is built from them.
     """
 
     kind = ""
+    Settings: type = None  # the frozen dataclass of its sweep-file keys
+
+    @classmethod
+    def budget_of(cls, settings, space: SearchSpace) -> int:
+        """How many trials the strategy runs with these settings over ``space``."""
+        return settings.trials
+
+    @classmethod
+    def from_settings(cls, settings, space: SearchSpace, metric: str, mode: str, seed: int,
+                      state_file=None) -> Strategy:
+        return cls(space, metric, mode, settings.trials, seed=seed, state_file=state_file)
 
     def __init__(self, space: SearchSpace, metric: str, mode: str, budget: int, seed: int,
                  state_file: str | os.PathLike | None = None):
@@ -154,29 +166,25 @@ class Strategy(Searcher):
 
     # -- shared helpers ------------------------------------------------------------------
 
-    def worst(self) -> float:
-        return math.inf if self.mode == "min" else -math.inf
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.metric, self.mode)
 
     def score_of(self, rec: TrialRecord) -> float:
         """A trial's score for ranking: failed, diverged or silent trials rank last."""
         s = rec.score
-        return self.worst() if rec.error or s is None or not math.isfinite(s) else s
+        return self.objective.worst if rec.error or s is None or not math.isfinite(s) else s
 
     def ranked(self, records) -> list[TrialRecord]:
-        return sorted(records, key=self.score_of, reverse=self.mode == "max")
+        """Best first; failed, diverged or silent trials last."""
+        return self.objective.rank(records, key=self.score_of)
 
     def _better(self, old: float | None, new) -> float | None:
+        """The better of a trial's score so far and a newly reported value."""
+        new = self.objective.score(new)
         if new is None:
             return old
-        try:
-            new = float(new)
-        except (TypeError, ValueError):
-            return old
-        if math.isnan(new):
-            new = self.worst()
-        if old is None:
-            return new
-        return min(old, new) if self.mode == "min" else max(old, new)
+        return new if self.objective.better(new, old) else old
 
     def report(self) -> dict:
         """What the sweep's summary needs: rounds with their boxes (in values), edges."""
@@ -217,10 +225,7 @@ class Strategy(Searcher):
         """Writes ``report()`` as JSON beside the sweep, for the driver's summary."""
         if not self.state_file:
             return
-        path = Path(self.state_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         report = self.report()
         report["trials"] = {tid: asdict(rec) for tid, rec in self.trials.items()}
-        tmp.write_text(json.dumps(report, indent=1, default=str))
-        tmp.replace(path)
+        os.makedirs(os.path.dirname(self.state_file) or ".", exist_ok=True)
+        atomic_write(self.state_file, json.dumps(report, indent=1, default=str))

@@ -14,13 +14,49 @@ round 0's first trial.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from ray.tune.search import Searcher
 
 from orchestrator.strategies._base import RoundRecord, Strategy, whole_space_round
+from orchestrator.strategies._settings import number_in, one_of, setting, whole_number
 from searchspaces import ChoiceParameter
+from searchspaces.fields import fail, unknown
 from searchspaces.sampling import quasi_random_unit, random_unit
+
+
+def warm_start(source: str, key: str, start, space) -> dict:
+    """A warm start's configuration: known tuned parameters; those missing take the
+    space's centre. Values outside the space are kept here and clipped by the strategy."""
+    if not isinstance(start, dict):
+        raise fail(source, key, f"must be a mapping of parameter values, got {start!r}")
+    tuned = {p.name: p for p in space.tuned}
+    for name in start:
+        if name not in tuned:
+            raise unknown(source, key, name, tuple(tuned))
+    out = {}
+    for name, p in tuned.items():
+        value = start.get(name, p.centre())
+        try:
+            p.to_unit(value)
+        except (TypeError, ValueError) as e:
+            raise fail(source, f"{key}.{name}", f"is not a value of this parameter ({e}), "
+                       f"got {value!r}") from None
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class CoarseToFineSettings:
+    kind: str = "coarse_to_fine"
+    rounds: int = setting(3, whole_number())
+    trials_per_round: int = setting(16, whole_number())
+    keep: float = setting(0.25, number_in(0, 1, low_open=True))  # top share that sets the box
+    margin: float = setting(0.1, number_in(0, 1))  # the box's widening, in unit space
+    sampler: str = setting("random", one_of("random", "quasi_random"))
+    start: dict | None = setting(None, warm_start)  # round 0 centred on this configuration
+    width: float = setting(0.25, number_in(0, 1, low_open=True))  # round 0's half-width then
 
 
 class _Box:
@@ -51,6 +87,17 @@ class _Box:
 
 class CoarseToFineStrategy(Strategy):
     kind = "coarse_to_fine"
+    Settings = CoarseToFineSettings
+
+    @classmethod
+    def budget_of(cls, settings, space) -> int:
+        return settings.rounds * settings.trials_per_round
+
+    @classmethod
+    def from_settings(cls, settings, space, metric, mode, seed, state_file=None):
+        s = settings
+        return cls(space, metric, mode, s.rounds, s.trials_per_round, s.keep, s.margin,
+                   s.sampler, seed=seed, state_file=state_file, start=s.start, width=s.width)
 
     def __init__(self, space, metric, mode, rounds: int, trials_per_round: int,
                  keep: float = 0.25, margin: float = 0.1, sampler: str = "random",

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._settings import setting, whole_number
 from searchspaces.sampling import quasi_random_unit, random_unit
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    """The keys of random, quasi_random and tpe: how many trials."""
+
+    kind: str
+    trials: int = setting(48, whole_number())
 
 
 class RandomStrategy(Strategy):
@@ -14,6 +25,7 @@ class RandomStrategy(Strategy):
     """
 
     kind = "random"
+    Settings = TrialBudget
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

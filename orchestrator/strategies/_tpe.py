@@ -7,9 +7,12 @@ works like every other scale.
 
 from __future__ import annotations
 
+import math
+
 from ray import tune
 
 from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._random import TrialBudget
 
 
 def _coord(i: int) -> str:
@@ -18,6 +21,7 @@ def _coord(i: int) -> str:
 
 class TpeStrategy(Strategy):
     kind = "tpe"
+    Settings = TrialBudget
 
     def __init__(self, space, metric, mode, budget: int, seed: int = 0, state_file=None):
         from optuna.samplers import TPESampler
@@ -47,16 +51,10 @@ class TpeStrategy(Strategy):
         self.inner.on_trial_complete(trial_id, inner_result, error)
         super().on_trial_complete(trial_id, result, error)
 
-    def _finite(self, value):
-        import math
-
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return 1e12 if self.mode == "min" else -1e12
-        if math.isfinite(v):
-            return v
-        return 1e12 if self.mode == "min" else -1e12
+    def _finite(self, value) -> float:
+        """Optuna takes finite values only: inf, NaN and non-numbers become a large worst."""
+        v = self.objective.score(value)
+        return v if v is not None and math.isfinite(v) else 1e12 * self.objective.sign
 
     def _state(self) -> dict:
         # OptunaSearch has no get_state; its own save() pickles its __dict__ (the study).
