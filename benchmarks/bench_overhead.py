@@ -84,7 +84,7 @@ def run_plain_tune(sweep: Path, workdir: Path) -> tuple[float, float]:
     data = load_data(spec.data)
     from searchspaces import sample
 
-    configs = sample(spec.space, "random", spec.strategy["trials"], spec.seed)
+    configs = sample(spec.space, "random", spec.strategy.trials, spec.seed)
     seconds = []
 
     class Collect(tune.Callback):
@@ -100,7 +100,7 @@ def run_plain_tune(sweep: Path, workdir: Path) -> tuple[float, float]:
         trainable,
         param_space={"trial": tune.grid_search(
             [{**c, "_seed": i} for i, c in enumerate(configs)])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources["concurrency"]),
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.concurrency),
         run_config=tune.RunConfig(name="plain", storage_path=str(workdir), verbose=0,
                                   callbacks=[Collect()]),
     ).fit()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.cli import build_parser, cmd_retune
+from orchestrator.cli import build_parser
+from orchestrator.cli.retune import cmd_retune
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

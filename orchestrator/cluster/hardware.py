@@ -11,6 +11,8 @@ import os
 import platform
 from pathlib import Path
 
+from orchestrator.cluster.connect import connect
+
 
 @functools.lru_cache(maxsize=1)
 def hardware_fingerprint() -> dict:
@@ -45,8 +47,6 @@ def training_hardware(cpu: float = 1, gpu: float = 0, address: str | None = None
     resources reports from where Ray places it, seeing the GPUs a trial would see
     (Ray sets CUDA_VISIBLE_DEVICES). With neither, this machine's fingerprint is that
     answer, and Ray is not started for it."""
-    import os
-
     import torch
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -54,8 +54,6 @@ def training_hardware(cpu: float = 1, gpu: float = 0, address: str | None = None
         return dict(hardware_fingerprint())
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or None, logging_level="ERROR", log_to_driver=False,
-                 **({} if address else {"include_dashboard": False}))
+    connect(address)
     task = ray.remote(num_cpus=cpu, num_gpus=gpu)(_probe)
     return ray.get(task.remote(), timeout=600)

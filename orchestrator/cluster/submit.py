@@ -4,7 +4,8 @@ The job's working directory is a staging folder holding the caviar packages
 (orchestrator/, models/, searchspaces/), the sweep file with its search space
 written inline, and the sweep's data file when it is a local one: the cluster
 needs nothing of this machine. The job runs ``caviar sweep`` on the head node;
-its log is streamed here.
+its log is streamed here. (What the sweep file becomes is the sweep's business:
+``orchestrator.sweep.spec.job_file``; this module only ships it.)
 """
 
 from __future__ import annotations
@@ -18,30 +19,24 @@ from pathlib import Path
 
 import yaml
 
-from models.data import FILE_SOURCES, resolve_path
-from orchestrator.sweep.spec import SweepSpec
-
 PACKAGES = ("orchestrator", "models", "searchspaces")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_WAIT_S = 60.0  # how long a "no available agent, try again later" is retried
 
 
-def stage(spec: SweepSpec, raw: dict, into: Path) -> Path:
-    """Fills ``into`` with what the job needs; returns the staged sweep file."""
+def stage(sweep: dict, files: dict[str, Path], into: Path) -> Path:
+    """Fills ``into`` with what the job needs: caviar's packages, ``files`` (a path in
+    the job's folder -> a local file) and the sweep file; returns the staged sweep file."""
     root = Path(__file__).resolve().parents[2]
     for pkg in PACKAGES:
         shutil.copytree(root / pkg, into / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    staged = dict(raw)
-    staged["space"] = spec.space.to_dict()
-    if spec.data.source in FILE_SOURCES:
-        src = resolve_path(spec.data.path, spec.base_dir)
-        (into / "data").mkdir()
-        shutil.copy2(src, into / "data" / src.name)
-        staged["data"] = {**raw.get("data", {}), "path": f"data/{src.name}"}
-    sweep = into / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump(staged, sort_keys=False))
-    return sweep
+    for name, src in files.items():
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, into / name)
+    staged = into / "sweep.yaml"
+    staged.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return staged
 
 
 def _use_token_if_any() -> None:
@@ -55,32 +50,33 @@ def _use_token_if_any() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def submit(spec: SweepSpec, raw: dict, address: str, workdir: str, *, wait: bool = True,
-           resume: bool = False, stream=None) -> tuple[str, str]:
-    """Submits the sweep; returns (job id, final status, or PENDING when not waiting)."""
+def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str, *,
+           wait: bool = True, resume: bool = False, stream=None) -> tuple[str, str]:
+    """Submits the sweep ``name`` (its file's mapping, and the local ``files`` it names);
+    returns (job id, final status, or PENDING when not waiting)."""
     _use_token_if_any()  # before Ray is imported: it reads the mode once
     from ray.job_submission import JobSubmissionClient
 
     stream = stream or sys.stderr
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="caviar-job-") as tmp:
-        stage(spec, raw, Path(tmp))
+        stage(sweep, files, Path(tmp))
         entry = f"python -m orchestrator.cli sweep sweep.yaml --workdir {shlex.quote(workdir)}"
         if resume:
             entry += " --resume"
-        submission_id = f"caviar-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        submission_id = f"caviar-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
             try:
                 job_id = client.submit_job(
                     entrypoint=entry, runtime_env={"working_dir": tmp},
-                    metadata={"caviar_sweep": spec.name}, submission_id=submission_id)
+                    metadata={"caviar_sweep": name}, submission_id=submission_id)
                 break
             except RuntimeError as e:  # a head just started: its job agent is not up yet
                 if "try again later" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(2.0)
-    print(f"caviar: submitted sweep {spec.name!r} to {address} as job {job_id}", file=stream,
+    print(f"caviar: submitted sweep {name!r} to {address} as job {job_id}", file=stream,
           flush=True)
     if not wait:
         return job_id, "PENDING"

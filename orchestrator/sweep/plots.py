@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from models.files import atomic_path
+from models.objective import Objective
 from searchspaces import ChoiceParameter
 
 PLOTS_DIR = "plots"
@@ -158,12 +160,13 @@ def box_plot(plt, space, rows: list[dict], rounds: list[dict], out: Path) -> Pat
     return _save(plt, fig, out / "boxes.png")
 
 
-def importance(space, rows: list[dict], metric: str, mode: str, seed: int = 0) -> dict:
+def importance(space, rows: list[dict], objective: Objective, seed: int = 0) -> dict:
     """``{name: {"importance": share, "priority": declared}}`` by fANOVA, or {} when the
     sweep has too few scored trials or nothing varies."""
     import optuna
 
     params = list(space.tuned)
+    metric = objective.name
     scored = _scored(rows, metric)
     if not params or len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
         return {}
@@ -180,7 +183,7 @@ def importance(space, rows: list[dict], metric: str, mode: str, seed: int = 0) -
         trials.append(optuna.trial.create_trial(params=values, distributions=dists,
                                                 value=float(r["best"][metric])))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    study = optuna.create_study(direction=objective.direction)
     study.add_trials(trials)
     try:
         shares = optuna.importance.get_param_importances(
@@ -215,20 +218,20 @@ def importance_plot(plt, shares: dict, n_trials: int, out: Path) -> Path | None:
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
-def make_plots(space, rows: list[dict], rounds: list[dict], metric: str, mode: str,
+def make_plots(space, rows: list[dict], rounds: list[dict], objective: Objective,
                out: str | Path, seed: int = 0) -> tuple[list[Path], dict]:
     """Draws every plot that has something to show; returns (the PNGs, the importances)."""
     plt = _pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shares = importance(space, rows, metric, mode, seed)
+    metric = objective.name
+    shares = importance(space, rows, objective, seed)
     made = [learning_curves(plt, rows, out) if rows else None,
             axis_plots(plt, space, rows, metric, out),
             box_plot(plt, space, rows, rounds, out),

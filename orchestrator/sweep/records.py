@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from orchestrator.strategies import ROUND_KEY
+from models.objective import Objective
+from searchspaces.trial import ROUND_KEY
 
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
             "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",
@@ -77,10 +78,9 @@ class TrialLog:
             self._fh = None
 
 
-def trial_status(trial_status_: str, last: dict, epochs: int, errored: bool) -> str:
-    """completed, early_stopped, diverged or failed, from how a trial ended."""
-    if errored:
-        return "failed"
+def trial_status(last: dict, epochs: int) -> str:
+    """completed, early_stopped or diverged, from a trial's last result (an error is
+    ``failed``, recorded by ``on_trial_error``)."""
     if last.get("caviar_status") == "diverged":
         return "diverged"
     if int(last.get("epoch") or 0) >= epochs:
@@ -119,13 +119,13 @@ class RecordingCallback(Callback):
     2.60). A running trial's checkpoints are kept, so any snapshot can be resumed.
     """
 
-    def __init__(self, log_path: str, metric: str, mode: str, epochs: int, budget: int,
+    def __init__(self, log_path: str, objective: Objective, epochs: int, budget: int,
                  every: float = 10.0, stream=None, trials_dir: str | None = None):
         self.trials_dir = trials_dir
         self._ended: dict[str, float] = {}
         self._reconciled = False
         self.log_path = log_path
-        self.metric, self.mode = metric, mode
+        self.objective = objective
         self.epochs, self.budget = epochs, budget
         self.every = every
         self.stream = stream
@@ -190,7 +190,7 @@ class RecordingCallback(Callback):
         self._ended[trial.trial_id] = time.monotonic()
         last = trial.last_result or {}
         self.log.append({"event": "end", "trial_id": trial.trial_id,
-                         "status": trial_status(trial.status, last, self.epochs, False),
+                         "status": trial_status(last, self.epochs),
                          "time": time.time()})
         self._progress(trials, force=True)
 
@@ -205,14 +205,12 @@ class RecordingCallback(Callback):
         self.log.close()
 
     def best(self) -> tuple[str, float] | None:
+        """(trial id, value) of the best finite value any trial reported so far."""
         best = None
         for t in self.log.trials.values():
-            for m in t["history"].values():
-                v = m.get(self.metric)
-                if v is None:
-                    continue
-                if best is None or (v < best[1] if self.mode == "min" else v > best[1]):
-                    best = (t["trial_id"], v)
+            v = self.objective.best(m.get(self.objective.name) for m in t["history"].values())
+            if v is not None and self.objective.better(v, best and best[1]):
+                best = (t["trial_id"], v)
         return best
 
     def _progress(self, trials, force: bool = False) -> None:
@@ -225,7 +223,8 @@ class RecordingCallback(Callback):
         running = sum(s == "RUNNING" for s in states)
         rounds = [t.config.get(ROUND_KEY, 0) for t in trials]
         best = self.best()
-        best_txt = f"best {self.metric} {best[1]:.4g} ({best[0]})" if best else "no result yet"
+        best_txt = f"best {self.objective.name} {best[1]:.4g} ({best[0]})" if best \
+            else "no result yet"
         print(f"caviar: round {max(rounds, default=0)} | trials {done} done, {running} running, "
               f"{max(self.budget - done - running, 0)} pending of {self.budget} | {best_txt}",
               file=self.stream or sys.stderr, flush=True)

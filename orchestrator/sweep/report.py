@@ -11,35 +11,37 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
-from orchestrator.strategies import SEED_KEY
+from models.files import atomic_path, atomic_write
+from models.objective import Objective
 from orchestrator.sweep.records import LOG_FILE, STATE_FILE, TrialLog
-from orchestrator.sweep.trainable import hyperparameters
+from searchspaces.trial import SEED_KEY, hyperparameters
 
 STATUSES = ("completed", "early_stopped", "diverged", "failed")
+SUMMARY_FILE, TRIALS_CSV = "summary.json", "trials.csv"
 
 
-def _best_epoch(history: dict, metric: str, mode: str) -> dict | None:
+def _best_epoch(history: dict, objective: Objective) -> dict | None:
+    """The metrics of the epoch with the best finite value (the first of equals)."""
     best = None
     for epoch in sorted(history):
         m = history[epoch]
-        v = m.get(metric)
+        v = m.get(objective.name)
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             continue
-        if best is None or (v < best[metric] if mode == "min" else v > best[metric]):
+        if objective.better(v, best and best[objective.name]):
             best = {**m, "epoch": epoch}
     return best
 
 
-def trial_rows(log: TrialLog, metric: str, mode: str, errors: dict | None = None) -> list[dict]:
+def trial_rows(log: TrialLog, objective: Objective, errors: dict | None = None) -> list[dict]:
     """One row per trial: id, round, status, hyperparameters, best metric, epochs run."""
     rows = []
     for t in log.trials.values():
         status = t["status"]  # "running" when it never ended: the sweep was interrupted
         if errors and t["trial_id"] in errors:
             status = "failed"
-        best = _best_epoch(t["history"], metric, mode)
+        best = _best_epoch(t["history"], objective)
         rows.append({
             "trial_id": t["trial_id"],
             "round": t["round"],
@@ -53,63 +55,74 @@ def trial_rows(log: TrialLog, metric: str, mode: str, errors: dict | None = None
     return rows
 
 
-def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
+def ranked(rows: list[dict], objective: Objective) -> list[dict]:
+    """The rows that scored, best first."""
     scored = [r for r in rows if r["best"] is not None]
-    return sorted(scored, key=lambda r: r["best"][metric], reverse=mode == "max")
+    return objective.rank(scored, key=lambda r: r["best"][objective.name])
 
 
-def build_summary(spec, paths: dict, results, started: float,
-                  budget: int | None = None) -> tuple[dict, list[dict]]:
-    """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
-    metric, mode = spec.metric["name"], spec.metric["mode"]
-    log = TrialLog(paths["dir"] / LOG_FILE)
+def _errors(results) -> dict:
+    """trial id -> error, for the trials Tune's results say failed."""
     errors = {}
     for r in results or []:
         tid = (r.metrics or {}).get("trial_id")
         if r.error is not None and tid:
             errors[tid] = str(r.error)
-    rows = trial_rows(log, metric, mode, errors)
-    state_path = paths["dir"] / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    top = ranked(rows, metric, mode)
-    best = None
-    if top:
-        b = top[0]
-        best = {"trial_id": b["trial_id"], "config": b["config"], "seed": b["seed"],
-                "round": b["round"], "epoch": b["best"]["epoch"],
-                "metrics": {k: b["best"].get(k) for k in ("val_loss", "val_accuracy",
-                                                          "train_loss")},
-                "mlflow_run_id": None}
+    return errors
+
+
+def _best(rows: list[dict], objective: Objective) -> dict | None:
+    """summary.json's ``best``: the best trial at its best epoch."""
+    top = ranked(rows, objective)
+    if not top:
+        return None
+    b = top[0]
+    return {"trial_id": b["trial_id"], "config": b["config"], "seed": b["seed"],
+            "round": b["round"], "epoch": b["best"]["epoch"],
+            "metrics": {k: b["best"].get(k) for k in ("val_loss", "val_accuracy",
+                                                      "train_loss")},
+            "mlflow_run_id": None}
+
+
+def _warnings(state: dict, rows: list[dict], counts: dict) -> list[str]:
+    """The playbook's warnings: a best point on the space's edge, many diverged trials."""
     warnings = [e["message"] for e in state.get("edges", [])]
     if rows and counts["diverged"] / len(rows) > 0.2:
         warnings.append(f"{counts['diverged']} of {len(rows)} trials diverged: the space reaches "
                         "infeasible values (often too high a learning rate); narrow it")
+    return warnings
+
+
+def build_summary(spec, sweep_dir, results, started: float,
+                  budget: int | None = None) -> tuple[dict, list[dict]]:
+    """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
+    rows = trial_rows(TrialLog(sweep_dir / LOG_FILE), spec.metric, _errors(results))
+    state_path = sweep_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     summary = {
         "name": spec.name,
-        "strategy": spec.strategy["kind"],
-        "scheduler": spec.scheduler["kind"],
-        "metric": spec.metric,
+        "strategy": spec.strategy.kind,
+        "scheduler": spec.scheduler.kind,
+        "metric": spec.metric.to_dict(),
         "wall_seconds": round(time.time() - started, 3),
         "complete": all(r["status"] in STATUSES for r in rows) and len(rows) >= (budget or 0),
         "trials": {"total": len(rows), **counts},
-        "best": best,
+        "best": _best(rows, spec.metric),
         "rounds": state.get("rounds", []),
-        "warnings": warnings,
+        "warnings": _warnings(state, rows, counts),
         "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
     }
     return summary, rows
 
 
-def write_outputs(spec, paths: dict, summary: dict, rows: list[dict]) -> None:
-    """summary.json and trials.csv in ``<workdir>/<name>/``, each written atomically."""
-    out = paths["dir"]
+def write_outputs(spec, out, summary: dict, rows: list[dict]) -> None:
+    """summary.json and trials.csv in the sweep's folder ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    metric = spec.metric["name"]
+    atomic_write(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    metric = spec.metric.name
     names = [p.name for p in spec.space.parameters]
-    tmp = out / "trials.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / TRIALS_CSV) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial_id", "round", "status", *names, f"best_{metric}", "best_epoch",
                     "epochs", "seed"])
@@ -118,13 +131,6 @@ def write_outputs(spec, paths: dict, summary: dict, rows: list[dict]) -> None:
             w.writerow([r["trial_id"], r["round"], r["status"],
                         *[r["config"].get(n, "") for n in names], b.get(metric, ""),
                         b.get("epoch", ""), r["epochs"], r["seed"]])
-    tmp.replace(out / "trials.csv")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _fmt(v) -> str:
@@ -156,9 +162,10 @@ def print_top(summary: dict, table: str = "", stream=None) -> None:
     print("caviar: best config " + json.dumps(best["config"]), file=stream)
 
 
-def top_table(rows: list[dict], metric: str, mode: str, n: int = 5) -> str:
+def top_table(rows: list[dict], objective: Objective, n: int = 5) -> str:
     """A plain-text table of the ``n`` best trials."""
-    top = ranked(rows, metric, mode)[:n]
+    metric = objective.name
+    top = ranked(rows, objective)[:n]
     if not top:
         return ""
     names = list(top[0]["config"])

@@ -27,18 +27,14 @@ import torch
 from ray import tune
 
 from models.config import split_config
+from models.objective import Objective
 from models.train import fit, load_checkpoint
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.sweep.records import ORPHANS
+from searchspaces.trial import SEED_KEY, hyperparameters
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
 KEEP = 2  # own checkpoints kept per trial
-META_PREFIX = "_"  # config keys the strategies add (round, seed): not hyperparameters
-
-
-def hyperparameters(config: dict) -> dict:
-    """A trial's hyperparameters: its config without caviar's bookkeeping keys."""
-    return {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
 
 
 def _trial_id() -> str:
@@ -133,9 +129,72 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
 BEST_FILE = "best.pt"  # the trial's checkpoint at its best epoch (the sweep's metric)
 
 
+def node_info(device: str) -> dict:
+    """Where the trial runs, reported with every epoch (and tagged on its MLflow run)."""
+    return {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "device": device,
+            "gpu_name": torch.cuda.get_device_name(0) if device == "cuda" else "",
+            "pid": os.getpid(), **hardware_fingerprint()}
+
+
+class _Reporter:
+    """Hands Tune one result per epoch: the trainer's metrics, a status, and the node."""
+
+    def __init__(self, epochs: int, tune_checkpoints: bool, node: dict):
+        self.epochs, self.tune_checkpoints, self.node = epochs, tune_checkpoints, node
+
+    def result(self, metrics: dict, replayed: bool = False) -> dict:
+        diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
+        out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
+               for k, v in metrics.items()}
+        out["caviar_status"] = "diverged" if diverged else (
+            "completed" if metrics["epoch"] >= self.epochs else "running")
+        out["caviar_replayed"] = replayed
+        out.update(self.node)
+        return out
+
+    def report(self, metrics: dict, save, replayed: bool = False) -> None:
+        """One epoch; with Tune checkpoints (PBT), ``save(path)`` writes the state first."""
+        if not self.tune_checkpoints:
+            tune.report(self.result(metrics, replayed))
+            return
+        with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as d:
+            save(Path(d) / CHECKPOINT_FILE)
+            tune.report(self.result(metrics, replayed),
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    def replay(self, epochs: list[dict], state: dict | None) -> None:
+        """Epochs a checkpoint holds that Tune never heard of, one report each."""
+        for metrics in epochs[:-1]:
+            tune.report(self.result(metrics, replayed=True))
+        if epochs:
+            self.report(epochs[-1], lambda path: torch.save(state, path), replayed=True)
+
+
+class _BestKeeper:
+    """Keeps ``best.pt``, the trial's checkpoint at its best epoch: the model a sweep
+    exports and registers. A resumed trial starts from the best of the line it continues."""
+
+    def __init__(self, trial_dir: Path | None, objective: Objective, resumed: dict | None):
+        self.dir, self.objective = trial_dir, objective
+        self.best = objective.best(m.get(objective.name) for m in resumed["history"]) \
+            if resumed is not None else None
+
+    def on_epoch(self, metrics: dict, run) -> None:
+        if self.dir is None:
+            return
+        save_epoch(run, self.dir)
+        v = metrics.get(self.objective.name)
+        if v is not None and math.isfinite(v) and self.objective.better(v, self.best):
+            self.best = v
+            run.save_checkpoint(self.dir / BEST_FILE)
+
+
 def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
                 trials_dir: str | None = None, tune_checkpoints: bool = False,
-                metric: str = "val_loss", mode: str = "min") -> None:
+                objective: Objective | None = None) -> None:
     """Trains one configuration; Tune calls it with the trial's config.
 
     Args:
@@ -147,57 +206,23 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         trials_dir: the experiment's storage folder, where trial folders are
             ``trial_<id>``; None keeps no checkpoints of its own.
         tune_checkpoints: also hand Tune a checkpoint every epoch (PBT needs them).
+        objective: the sweep's metric, which picks the epoch kept as ``best.pt``
+            (default val_loss, min).
     """
     model_config, hparams = split_config({**model, **hyperparameters(config)})
-    seed = int(config.get("_seed", 0))
+    seed = int(config.get(SEED_KEY, 0))
     resume, replay = _starting_point(trials_dir, seed, model_config, hparams)
     own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
     if own_dir is not None:
         own_dir.mkdir(parents=True, exist_ok=True)
     device = _device()
-    node = {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-            "device": device, "gpu_name": torch.cuda.get_device_name(0) if device == "cuda"
-            else "", "pid": os.getpid(), **hardware_fingerprint()}
-
-    def result(metrics: dict, replayed: bool = False) -> dict:
-        diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
-        out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
-               for k, v in metrics.items()}
-        out["caviar_status"] = "diverged" if diverged else (
-            "completed" if metrics["epoch"] >= epochs else "running")
-        out["caviar_replayed"] = replayed
-        out.update(node)
-        return out
-
-    def report(metrics: dict, save, replayed: bool = False) -> None:
-        if not tune_checkpoints:
-            tune.report(result(metrics, replayed))
-            return
-        with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as d:
-            save(Path(d) / CHECKPOINT_FILE)
-            tune.report(result(metrics, replayed), checkpoint=tune.Checkpoint.from_directory(d))
-
-    for metrics in replay[:-1]:
-        tune.report(result(metrics, replayed=True))
-    if replay:
-        report(replay[-1], lambda path: torch.save(resume, path), replayed=True)
-
-    best = [None]
-    if resume is not None:  # the best so far of the line this trial continues
-        values = [m[metric] for m in resume["history"] if math.isfinite(m.get(metric, math.nan))]
-        best[0] = (min if mode == "min" else max)(values) if values else None
+    reporter = _Reporter(epochs, tune_checkpoints, node_info(device))
+    reporter.replay(replay, resume)
+    keeper = _BestKeeper(own_dir, objective or Objective(), resume)
 
     def on_epoch(metrics: dict, run) -> None:
-        if own_dir is not None:
-            save_epoch(run, own_dir)
-            v = metrics.get(metric)
-            if v is not None and math.isfinite(v) and (
-                    best[0] is None or (v < best[0] if mode == "min" else v > best[0])):
-                best[0] = v
-                run.save_checkpoint(own_dir / BEST_FILE)  # the model a sweep registers
-        report(metrics, run.save_checkpoint)
+        keeper.on_epoch(metrics, run)
+        reporter.report(metrics, run.save_checkpoint)
 
     fit(data, model_config, hparams, epochs=epochs, seed=seed, device=device,
         callback=on_epoch, resume_from=resume, num_threads=max(1, int(cpus)))

@@ -1,5 +1,9 @@
-"""MLflow: the sweep's export, the model registry and its lock.
+"""MLflow: where it is, what a sweep writes to it, and the model registry.
 
-- ``sink``: the event log exported to MLflow by one writer on the driver.
-- ``registry``: production and previous aliases, and the re-tune lock.
+- ``store``: the tracking URI a command uses; the embedded sqlite store, made whole.
+- ``sink``: a sweep's event log exported to MLflow by one writer on the driver.
+- ``registry``: production and previous aliases, registering a version, the lock.
+- ``ui``: ``caviar ui``, the MLflow UI for the embedded store on 127.0.0.1.
+
+Nothing here knows what a sweep or a re-tune is: they call in with run ids and tags.
 """

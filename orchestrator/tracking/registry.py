@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 PRODUCTION, PREVIOUS = "production", "previous"
 LOCK_PREFIX = "caviar-lock."
@@ -27,6 +28,40 @@ LOCK_PREFIX = "caviar-lock."
 
 class RegistryError(Exception):
     """The registry does not hold what was asked for (a model, a version, an alias)."""
+
+
+def version_tags(config: dict, metrics: dict, hardware: dict, tags: dict) -> dict:
+    """What a model version records of how it was made, for the re-tune job to measure
+    staleness against: when (``caviar.tuned_at``), its hyperparameters (``hp.*``), its
+    metrics (``metric.*``) and the hardware it trained on (``hw.*``)."""
+    return {"caviar.tuned_at": _iso(_now()), **tags,
+            **{f"metric.{k}": str(v) for k, v in metrics.items() if v is not None},
+            **{f"hp.{k}": str(v) for k, v in config.items()},
+            **{f"hw.{k}": str(v) for k, v in hardware.items()}}
+
+
+def register_version(client, name: str, run_id: str, tags: dict, path: str = "model") -> str:
+    """Registers the run's ``path`` artifacts (a caviar model folder) as a new version of
+    ``name``, creating the registered model if needed; returns the version.
+
+    MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
+    and JSON is registered through ``create_model_version`` (see FACTS.md)."""
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{path}"
+    return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
+def download_model(uri: str, model_uri: str, dst: str | Path | None = None) -> Path:
+    """The files of ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``runs:/ID/PATH``,
+    downloaded from the registry at ``uri``."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # cron mail
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models:/ URIs are looked up in the registry
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri, tracking_uri=uri, dst_path=None if dst is None else str(dst)))
 
 
 def _model(client, name: str):

@@ -6,7 +6,8 @@ lives in memory), it has no parent run per sweep, and it logs value by value.
 
 Here the driver's event log (``trials.jsonl``, records.py) is the source: a
 background thread reads it from a cursor and writes what is new with one
-``log_batch`` per run. The trial-to-run map and the cursor live in
+``log_batch`` per run. (The log's format is the sweep's: ``orchestrator.sweep.records``;
+this module reads it and knows nothing else of sweeps.) The trial-to-run map and the cursor live in
 ``<sweep>/mlflow.json``, so a resumed sweep logs into the same runs. If the
 tracking server cannot be reached, the sweep goes on; the log on disk is the
 buffer, written when the server is back or by ``caviar sync``. Steps a
@@ -16,18 +17,14 @@ previous process already logged are read back from MLflow and not written again.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from orchestrator.sweep.trainable import hyperparameters
-
-# A server that does not answer should cost seconds, not MLflow's default minutes of
-# retries: the sync thread retries on its own, and the records wait on disk meanwhile.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from models.files import atomic_write
+from orchestrator.tracking.store import artifact_root, ensure_sqlite_store
+from searchspaces.trial import ROUND_KEY, SEED_KEY, hyperparameters
 
 STATE_FILE = "mlflow.json"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
@@ -36,61 +33,6 @@ NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name", "gpu_model"
              "cpu_model", "cpu_count", "torch", "cuda")
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FINISHED",
               "failed": "FAILED"}
-
-
-def embedded_uri(workdir: str | Path) -> str:
-    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
-
-
-def resolve_uri(explicit: str | None, from_file: str | None, workdir: str | Path) -> str:
-    """``--tracking-uri``, else MLFLOW_TRACKING_URI, else the sweep's, else the embedded store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or from_file or embedded_uri(workdir)
-
-
-def store_missing(uri: str) -> bool:
-    """An embedded (sqlite) store whose file is not there: nothing registered in it."""
-    return uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists()
-
-
-def artifact_root(uri: str, workdir: str | Path) -> str | None:
-    """The embedded store keeps artifacts in ``<workdir>/mlartifacts``; a server decides."""
-    if uri.startswith("sqlite:"):
-        return (Path(workdir).expanduser().resolve() / "mlartifacts").as_uri()
-    return None
-
-
-def ensure_sqlite_store(uri: str) -> None:
-    """Creates an embedded sqlite store whole or not at all.
-
-    A new store runs MLflow's migrations for seconds; a driver killed meanwhile
-    left a half-migrated file that no later command could open ("table
-    _alembic_tmp_runs already exists"). So the store is built under a temporary
-    name and renamed into place.
-    """
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri[len("sqlite:///"):])
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-    try:  # another process may have won the race: keep its store
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sweep_artifacts(sweep_dir: str | Path, model: bool = True) -> list[Path]:
-    """What the parent run holds from the sweep's folder (the sweep file aside): folders
-    are logged under their own names."""
-    d = Path(sweep_dir)
-    return [d / "summary.json", d / "trials.csv", d / "plots", *([d / "model"] if model else [])]
 
 
 class MlflowSink:
@@ -131,9 +73,7 @@ class MlflowSink:
         return self._client
 
     def _save(self) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.state_path)
+        atomic_write(self.state_path, json.dumps(self.state, indent=1))
 
     # -- the parent run ------------------------------------------------------------------
 
@@ -238,7 +178,7 @@ class MlflowSink:
                     self.state["experiment_id"], run_name=f"trial-{tid}",
                     tags={"mlflow.parentRunId": self.state["parent_run_id"],
                           "caviar.kind": "trial", "caviar.trial_id": tid,
-                          "caviar.round": str(config.get("_round", 0)),
+                          "caviar.round": str(config.get(ROUND_KEY, 0)),
                           "caviar.status": "running"})
                 runs[tid] = run.info.run_id
                 self._doubt = False
@@ -264,8 +204,6 @@ class MlflowSink:
     def _apply(self, e: dict, pending: dict) -> None:
         """Adds one event to the pending writes. Nothing here changes what this sink
         believes MLflow holds: that changes in ``_flush``, run by run, once written."""
-        from mlflow.entities import Metric
-
         tid, kind = e["trial_id"], e["event"]
         if kind == "forget":  # started after Tune's last snapshot; re-run under a new id
             run = self.state["runs"].get(tid)
@@ -277,44 +215,49 @@ class MlflowSink:
         run = self._run_for(tid, e, pending)
         p = self._pending(pending, run)
         if kind == "start":
-            config = e["config"]
-            hps = {k: str(v) for k, v in
-                   {**hyperparameters(config), "seed": config.get("_seed")}.items()}
-            known = self.state["config"].get(run) or p["params"]
-            if not known:
-                p["params"].update(hps)
-            else:  # PBT changed them: MLflow refuses new param values, so tags and metrics
-                raw = {**hyperparameters(config), "seed": config.get("_seed")}
-                for k, v in hps.items():
-                    if v != known.get(k):
-                        p["tags"][f"caviar.hp.{k}"] = v
-                        if isinstance(raw[k], (int, float)) and not isinstance(raw[k], bool):
-                            p["hp"][k] = float(raw[k])
-            p["tags"]["caviar.status"] = "running"
-            p["end"] = None
+            self._apply_start(e["config"], run, p)
         elif kind == "result":
-            step, ts = int(e["epoch"]), int(e["time"] * 1000)
-            if (step, ts) in self._written.get(run, ()):
-                return  # written by an attempt of this process whose cursor did not move
-            pending_steps = {k[0] for k in p["keys"]}
-            if e.get("replayed") and (step <= self._last_logged(run) or step in pending_steps):
-                return  # read back from a checkpoint: MLflow has it, or this batch does
-            if step <= self._earlier_steps(run):
-                return  # an earlier process wrote it (its cursor was not saved yet)
-            m = e["metrics"]
-            for key in METRICS:
-                if m.get(key) is not None:
-                    p["metrics"].append(Metric(key, float(m[key]), ts, step))
-            for k, v in p["hp"].items():
-                p["metrics"].append(Metric(f"hp_{k}", v, ts, step))
-            p["hp"] = {}
-            p["keys"].add((step, ts))
-            for key in NODE_TAGS:
-                if m.get(key) is not None:
-                    p["tags"][f"caviar.{key}"] = str(m[key])
+            self._apply_result(e, run, p)
         elif kind == "end":
             p["tags"]["caviar.status"] = e["status"]
             p["end"] = RUN_STATUS.get(e["status"], "FINISHED")
+
+    def _apply_start(self, config: dict, run: str, p: dict) -> None:
+        """A trial's hyperparameters as params; changed ones (PBT) as tags and metrics."""
+        raw = {**hyperparameters(config), "seed": config.get(SEED_KEY)}
+        hps = {k: str(v) for k, v in raw.items()}
+        known = self.state["config"].get(run) or p["params"]
+        if not known:
+            p["params"].update(hps)
+        else:  # PBT changed them: MLflow refuses new param values, so tags and metrics
+            for k, v in hps.items():
+                if v != known.get(k):
+                    p["tags"][f"caviar.hp.{k}"] = v
+                    if isinstance(raw[k], (int, float)) and not isinstance(raw[k], bool):
+                        p["hp"][k] = float(raw[k])
+        p["tags"]["caviar.status"] = "running"
+        p["end"] = None
+
+    def _apply_result(self, e: dict, run: str, p: dict) -> None:
+        """One epoch's metrics (step = epoch), unless MLflow has them already."""
+        from mlflow.entities import Metric
+
+        step, ts = int(e["epoch"]), int(e["time"] * 1000)
+        if (step, ts) in self._written.get(run, ()):
+            return  # written by an attempt of this process whose cursor did not move
+        pending_steps = {k[0] for k in p["keys"]}
+        if e.get("replayed") and (step <= self._last_logged(run) or step in pending_steps):
+            return  # read back from a checkpoint: MLflow has it, or this batch does
+        if step <= self._earlier_steps(run):
+            return  # an earlier process wrote it (its cursor was not saved yet)
+        m = e["metrics"]
+        p["metrics"] += [Metric(key, float(m[key]), ts, step) for key in METRICS
+                         if m.get(key) is not None]
+        p["metrics"] += [Metric(f"hp_{k}", v, ts, step) for k, v in p["hp"].items()]
+        p["hp"] = {}
+        p["keys"].add((step, ts))
+        p["tags"].update({f"caviar.{key}": str(m[key]) for key in NODE_TAGS
+                          if m.get(key) is not None})
 
     def _flush(self, pending: dict) -> None:
         """Writes the pending batches run by run; after each run's success, records what

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from models.objective import Objective
 from orchestrator.sweep.plots import _unit_axis, importance, make_plots
 from searchspaces import SearchSpace, sample
 
@@ -31,6 +32,7 @@ def rows_where_only_lr_matters(n: int = 40, seed: int = 0) -> list[dict]:
     return rows
 
 
+LOSS = Objective("val_loss", "min")
 ROUNDS = [{"round": 0, "box": {"lr": [1e-4, 1.0], "momentum": [0.9, 0.999]}},
           {"round": 1, "box": {"lr": [1e-3, 0.1], "momentum": [0.95, 0.99]}}]
 
@@ -40,17 +42,17 @@ def is_png(path) -> bool:
 
 
 def test_every_plot_is_a_non_empty_png(tmp_path):
-    made, shares = make_plots(SPACE, rows_where_only_lr_matters(), ROUNDS, "val_loss", "min",
+    made, shares = make_plots(SPACE, rows_where_only_lr_matters(), ROUNDS, LOSS,
                               tmp_path / "plots")
     assert sorted(p.name for p in made) == ["axes.png", "boxes.png", "importance.png",
                                             "learning_curves.png"]
     assert all(is_png(p) for p in made)
-    assert not list((tmp_path / "plots").glob("*.tmp.png"))
+    assert not [p for p in (tmp_path / "plots").iterdir() if ".tmp" in p.name]  # no leftovers
     assert set(shares) == {"lr", "momentum", "hidden_units", "batch_size"}
 
 
 def test_importance_finds_the_one_parameter_that_matters():
-    shares = importance(SPACE, rows_where_only_lr_matters(), "val_loss", "min")
+    shares = importance(SPACE, rows_where_only_lr_matters(), LOSS)
     assert shares["lr"]["importance"] > 0.8
     assert max(shares[n]["importance"] for n in ("momentum", "hidden_units", "batch_size")) \
         < 0.1
@@ -59,7 +61,7 @@ def test_importance_finds_the_one_parameter_that_matters():
 
 def test_too_few_trials_give_no_importance_and_no_boxes_for_one_round(tmp_path):
     rows = rows_where_only_lr_matters(3)
-    made, shares = make_plots(SPACE, rows, ROUNDS[:1], "val_loss", "min", tmp_path)
+    made, shares = make_plots(SPACE, rows, ROUNDS[:1], LOSS, tmp_path)
     assert shares == {}
     assert sorted(p.name for p in made) == ["axes.png", "learning_curves.png"]
 
@@ -69,7 +71,7 @@ def test_diverged_and_failed_trials_do_not_break_the_plots(tmp_path):
     rows[0]["history"] = {1: {"val_loss": float("inf")}, 2: {"val_loss": None}}
     rows[0]["best"] = None
     rows[1]["history"], rows[1]["best"] = {}, None  # failed before its first epoch
-    made, shares = make_plots(SPACE, rows, ROUNDS, "val_loss", "min", tmp_path)
+    made, shares = make_plots(SPACE, rows, ROUNDS, LOSS, tmp_path)
     assert len(made) == 4 and all(is_png(p) for p in made)
     assert shares["lr"]["importance"] > 0.5
 

@@ -1,0 +1,61 @@
+"""What every command group shares: exit codes, the usage error, the common options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+
+from orchestrator import DEFAULT_WORKDIR
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EMBEDDED_STORE = "sqlite:///WORKDIR/mlflow.db"
+
+
+class UsageError(Exception):
+    """Bad command-line input (not in a file): exit 2."""
+
+
+def workdir_parent() -> argparse.ArgumentParser:
+    """The parent parser giving a command ``--workdir``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
+                        help="where runs, checkpoints and the embedded MLflow store live "
+                        "(default: $CAVIAR_WORKDIR, else ./caviar-runs; now %(default)s)")
+    return common
+
+
+def add_tracking_uri(p: argparse.ArgumentParser, what: str, *fallbacks: str,
+                     default: str | None = None) -> None:
+    """``--tracking-uri``: ``what`` it names, and where it is looked for when not given:
+    $MLFLOW_TRACKING_URI, then ``fallbacks``, then the embedded store (or ``default``)."""
+    default = default or ", else ".join(("$MLFLOW_TRACKING_URI", *fallbacks, EMBEDDED_STORE))
+    p.add_argument("--tracking-uri", default=None, help=f"{what} (default: {default})")
+
+
+def add_address(p: argparse.ArgumentParser, what: str) -> None:
+    """``--address``: the Ray cluster a command runs on; Ray starts here without one."""
+    p.add_argument("--address", default=None,
+                   help=f"{what} (default: $RAY_ADDRESS, else Ray starts here on the local "
+                   "cores)")
+
+
+def seed_or_draw(seed: int | None) -> int:
+    """``seed``, else one drawn now and printed, so the run can be repeated."""
+    if seed is not None:
+        return seed
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"caviar: no --seed given; drew seed {seed} (pass --seed {seed} to repeat)",
+          file=sys.stderr)
+    return seed
+
+
+def json_safe(value):
+    """NaN and infinities as null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value

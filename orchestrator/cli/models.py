@@ -1,0 +1,111 @@
+"""``caviar predict``, ``promote`` and ``rollback``: the registered models, served and
+moved between versions by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.cli._common import EXIT_OK, UsageError, add_tracking_uri
+
+
+def _model_dir(model: str, tracking_uri: str | None, workdir: str) -> Path:
+    """A model folder as it is, else the files of a model URI from the registry."""
+    from models.serving import META
+    from orchestrator.tracking.registry import download_model
+    from orchestrator.tracking.store import resolve_uri
+
+    if (Path(model) / META).is_file():
+        return Path(model)
+    uri = resolve_uri(tracking_uri, None, workdir)
+    try:
+        model_dir = download_model(uri, model)
+    except Exception as e:  # noqa: BLE001 - an unknown name, version or alias
+        raise UsageError(f"{model}: cannot be fetched from {uri} ({e})") from None
+    if not (model_dir / META).is_file():
+        raise UsageError(f"{model}: not a caviar model (no {META})")
+    return model_dir
+
+
+def cmd_predict(args) -> int:
+    from models.serving import load_model, predict, read_rows
+
+    net, meta = load_model(_model_dir(args.model, args.tracking_uri, args.workdir))
+    rows = read_rows(args.data, meta["feature_names"])
+    try:
+        labels, probs = predict(net, meta, rows)
+    except ValueError as e:
+        raise UsageError(f"{args.data}: {e}") from None
+    for i, (label, p) in enumerate(zip(labels, probs)):
+        print(json.dumps({"row": i, "class": label, "probabilities": {
+            str(c): round(float(v), 6) for c, v in zip(meta["classes"], p)}}))
+    return EXIT_OK
+
+
+def _client(args):
+    from orchestrator.tracking.store import registry_client, resolve_uri
+
+    return registry_client(resolve_uri(args.tracking_uri, None, args.workdir))
+
+
+def cmd_promote(args) -> int:
+    """Production moves under the model's lock, so a hand-made move never races the job."""
+    from orchestrator.tracking.registry import Lock, promote
+
+    client = _client(args)
+    with Lock(client, args.model, lease_s=60, what="promote"):
+        old, new = promote(client, args.model, args.version)
+    if old == new:
+        print(f"caviar: {args.model!r} version {new} is production already", file=sys.stderr)
+    else:
+        print(f"caviar: {args.model!r} version {new} is now production"
+              + (f"; version {old} is previous (undo: caviar rollback {args.model})" if old
+                 else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    from orchestrator.tracking.registry import Lock, rollback
+
+    client = _client(args)
+    with Lock(client, args.model, lease_s=60, what="rollback"):
+        left, restored = rollback(client, args.model)
+    print(f"caviar: {args.model!r} version {restored} is production again; version {left} is "
+          "previous", file=sys.stderr)
+    return EXIT_OK
+
+
+REGISTRY = "the MLflow registry"
+
+
+def add_predict(sub, common) -> None:
+    p = sub.add_parser("predict", parents=[common], help="predict with a registered model",
+                       description="Print one JSON line per row of DATA: the predicted class "
+                       "and the probabilities, with the model's stored normalisation. MODEL is "
+                       "a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model) "
+                       "or a model folder (WORKDIR/SWEEP/model).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("data", metavar="DATA", help="a csv or parquet file with the model's "
+                   "feature columns (a label column is ignored), or an npz with an array X")
+    add_tracking_uri(p, REGISTRY)
+    p.set_defaults(func=cmd_predict)
+
+
+def add_promote(sub, common) -> None:
+    p = sub.add_parser("promote", parents=[common], help="make a model version production",
+                       description="Give VERSION of MODEL the alias 'production'; the version "
+                       "that had it gets the alias 'previous'.")
+    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    p.add_argument("--version", required=True, help="the version to promote")
+    add_tracking_uri(p, REGISTRY)
+    p.set_defaults(func=cmd_promote)
+
+
+def add_rollback(sub, common) -> None:
+    p = sub.add_parser("rollback", parents=[common], help="undo the last promotion",
+                       description="Swap the aliases 'production' and 'previous' of MODEL: "
+                       "the version before the last promotion serves again.")
+    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    add_tracking_uri(p, REGISTRY)
+    p.set_defaults(func=cmd_rollback)

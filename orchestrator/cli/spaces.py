@@ -1,0 +1,237 @@
+"""``caviar validate``, ``sample`` and ``train``: a file checked, sampled, or one
+configuration trained here without Ray."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from orchestrator.cli._common import EXIT_OK, UsageError, json_safe, seed_or_draw
+from searchspaces import STRATEGIES, SearchSpace, SpecError
+from searchspaces.errors import did_you_mean
+from searchspaces.yamlio import load_mapping, parse_yaml
+
+
+def _rules():
+    from models.config import RULES
+
+    return RULES
+
+
+def load_any(path: str):
+    """(kind, SearchSpace, SweepSpec | None) for a space or sweep file."""
+    from orchestrator.sweep.spec import file_kind, parse_sweep
+
+    raw = load_mapping(path)
+    kind = file_kind(raw)
+    if kind == "space":
+        return kind, SearchSpace.from_dict(raw, path, _rules()), None
+    if kind == "retune":
+        raise SpecError(path, "", "this is a re-tune job file; caviar sample and train take "
+                        "a search space or a sweep file (caviar validate and caviar retune "
+                        "take it)")
+    from pathlib import Path
+
+    sweep = parse_sweep(raw, path, Path(path).resolve().parent)
+    return kind, sweep.space, sweep
+
+
+def describe(space: SearchSpace) -> str:
+    """A line per parameter: its type, scale and range (or choices, or fixed value)."""
+    lines = []
+    for p in space.parameters:
+        d = p.to_dict()
+        prio = f", priority {p.priority}" if p.priority else ""
+        if "fixed" in d:
+            lines.append(f"  {p.name}: fixed {d['fixed']!r}{prio}")
+        elif "choice" in d:
+            lines.append(f"  {p.name}: choice of {d['choice']}{prio}")
+        else:
+            lines.append(f"  {p.name}: {d.get('type', 'float')} on {d['scale']} scale "
+                         f"[{d['low']:g}, {d['high']:g}]{prio}")
+    return "\n".join(lines)
+
+
+def _validate_retune(path: str) -> None:
+    from orchestrator.retune.spec import load_retune
+
+    r = load_retune(path)
+    print(f"{path}: OK: re-tune job for model {r.model!r}: triggers {', '.join(r.triggers)}; "
+          f"warm search {r.search.rounds} x {r.search.trials_per_round} trials of sweep "
+          f"{r.sweep.name!r}; gate {r.seeds} seeds, margin {r.margin:g} "
+          f"({r.sweep.metric.name}); data {r.data.source}")
+
+
+def cmd_validate(args) -> int:
+    from orchestrator.sweep.spec import file_kind
+
+    for path in args.files:
+        if file_kind(load_mapping(path)) == "retune":
+            _validate_retune(path)
+            continue
+        _, space, sweep = load_any(path)
+        what = f"search space with {len(space.parameters)} parameters ({len(space.tuned)} tuned)"
+        if sweep is not None:
+            what = (f"sweep {sweep.name!r}: strategy {sweep.strategy.kind}, scheduler "
+                    f"{sweep.scheduler.kind}, {sweep.epochs} epochs, metric "
+                    f"{sweep.metric.name} ({sweep.metric.mode}), data "
+                    f"{sweep.data.source}; {what}")
+        print(f"{path}: OK: {what}")
+        if not args.quiet:
+            print(describe(space))
+    return EXIT_OK
+
+
+def cmd_sample(args) -> int:
+    from searchspaces.sampling import grid_points_per_parameter, sample
+
+    _, space, _ = load_any(args.file)
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    seed = args.seed if args.strategy == "grid" else seed_or_draw(args.seed)
+    configs = sample(space, args.strategy, args.n, seed or 0)
+    if args.strategy == "grid":
+        k = grid_points_per_parameter(args.n, len(space.tuned))
+        print(f"caviar: grid of {k} point(s) per tuned parameter over {len(space.tuned)} "
+              f"parameter(s): {len(configs)} configurations", file=sys.stderr)
+    for config in configs:
+        print(json.dumps(config))
+    return EXIT_OK
+
+
+def parse_sets(items: list[str], space: SearchSpace) -> dict:
+    """``--set NAME=VALUE`` items, each checked against the model's rules."""
+    return dict(_parse_set(item, space) for item in items or [])
+
+
+def _parse_set(item: str, space: SearchSpace) -> tuple[str, object]:
+    rules = _rules()
+    if "=" not in item:
+        raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set lr=0.01")
+    name, text = item.split("=", 1)
+    name = name.strip()
+    if name not in rules:
+        raise UsageError(f"--set {item!r}: the model has no parameter {name!r}"
+                         f"{did_you_mean(name, rules)}; it accepts " + ", ".join(sorted(rules)))
+    try:
+        value = parse_yaml(text, f"--set {name}")
+    except SpecError:
+        value = text
+    if isinstance(value, int) and not isinstance(value, bool) and rules[name].type is float:
+        value = float(value)
+    problem = rules[name].check(value)
+    if problem:
+        raise UsageError(f"--set {item!r}: {name} {problem}, got {value!r}")
+    if name in space.names and space[name].is_tuned and not _inside(space[name], value):
+        print(f"caviar: note: --set {name}={value!r} lies outside the search space "
+              f"{space[name].to_dict()}", file=sys.stderr)
+    return name, value
+
+
+def _inside(p, value) -> bool:
+    d = p.to_dict()
+    if "choice" in d:
+        return value in d["choice"]
+    return d["low"] <= value <= d["high"]
+
+
+def _plan(args, space: SearchSpace, sweep) -> tuple[dict, object, str | None, int, int]:
+    """(config, data spec, its base folder, epochs, seed): the sweep's, or a space's
+    centre on the digits data, with the command line's changes."""
+    from models.data import DataSpec
+
+    overrides = parse_sets(args.set, space)
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if sweep is not None:
+        return (sweep.trial_config(overrides), sweep.data, sweep.base_dir,
+                args.epochs or sweep.epochs, sweep.seed if args.seed is None else args.seed)
+    return ({**space.centre(), **overrides}, DataSpec(), None, args.epochs or 20,
+            0 if args.seed is None else args.seed)
+
+
+def _progress(epochs: int):
+    def progress(m: dict, _run) -> None:
+        print(f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
+              f"val_loss {m['val_loss']:.4f}  val_accuracy {m['val_accuracy']:.4f}  "
+              f"lr {m['lr']:.3g}  {m['samples_per_second']:,.0f} samples/s", file=sys.stderr)
+
+    return progress
+
+
+def cmd_train(args) -> int:
+    from models.config import split_config
+    from models.data import load as load_data
+    from models.train import fit, holdout_scores
+
+    _, space, sweep = load_any(args.file)
+    config, data_spec, base_dir, epochs, seed = _plan(args, space, sweep)
+    try:
+        model_config, hparams = split_config(config)
+    except ValueError as e:
+        raise UsageError(f"{args.file}: {e}") from None
+    t0 = time.perf_counter()
+    data = load_data(data_spec, base_dir)
+    print(f"caviar: data {data_spec.source}: {len(data.x_train)} train / {len(data.x_val)} val "
+          f"/ {len(data.x_test)} test rows, {data.n_features} features, {data.n_classes} "
+          f"classes", file=sys.stderr)
+    print("caviar: config " + json.dumps(config), file=sys.stderr)
+    result = fit(data, model_config, hparams, epochs=epochs, seed=seed, device=args.device,
+                 callback=_progress(epochs), num_threads=args.threads)
+    m = result.metrics
+    print(json.dumps(json_safe({
+        "status": result.status, "epochs": result.epochs, "train_loss": m.get("train_loss"),
+        "val_loss": m.get("val_loss"), "val_accuracy": m.get("val_accuracy"),
+        "test_accuracy": holdout_scores(result.model, data)[1],
+        "seconds": round(time.perf_counter() - t0, 3), "seed": result.seed, "config": config})))
+    return EXIT_OK
+
+
+def add_validate(sub, common) -> None:
+    p = sub.add_parser("validate", parents=[common],
+                       help="check search space, sweep or re-tune files",
+                       description="Check search space, sweep or re-tune files without "
+                       "running anything: every parameter's scale, bounds and names, every "
+                       "sweep and re-tune key.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a search space, sweep or re-tune YAML file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the OK line per file")
+    p.set_defaults(func=cmd_validate)
+
+
+def add_sample(sub, common) -> None:
+    p = sub.add_parser("sample", parents=[common], help="print the configs a search would try",
+                       description="Print the configurations a search would try, one JSON "
+                       "object per line, fixed parameters included.")
+    p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
+    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="random (seeded), quasi_random (scrambled Halton) or grid "
+                   "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
+    p.add_argument("--n", type=int, default=10, help="how many configurations (default "
+                   "%(default)s; for grid, the budget that sets k)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: drawn, and printed on stderr)")
+    p.set_defaults(func=cmd_sample)
+
+
+def add_train(sub, common) -> None:
+    p = sub.add_parser("train", parents=[common], help="train one configuration, without Ray",
+                       description="Train one configuration locally, without Ray. Tuned "
+                       "parameters not --set take their default, else the centre of their "
+                       "range in unit space. A space file alone trains on the digits data. "
+                       "Prints a line per epoch on stderr and, last, one JSON line with the "
+                       "result on stdout.")
+    p.add_argument("file", metavar="SWEEP_OR_SPACE", help="a sweep or search space YAML file")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
+                   help="set one hyperparameter, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default: the sweep's, else 20)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for initialisation and mini-batch order (default: the "
+                   "sweep's, else 0)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own choice)")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,140 @@
+"""``caviar sweep``, ``submit``, ``sync`` and ``ui``: a sweep run here or on a cluster,
+its records written to MLflow, and the MLflow UI to browse them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.cli._common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    add_address,
+    add_tracking_uri,
+)
+from searchspaces.yamlio import load_mapping
+
+
+def cmd_sweep(args) -> int:
+    from orchestrator.sweep.spec import load_sweep
+
+    spec = load_sweep(args.file)
+    if args.resume and args.fresh:
+        raise UsageError("--resume and --fresh exclude each other")
+    from orchestrator.sweep.run import SweepError, SweepInterrupted, run_sweep
+
+    try:
+        summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
+                            fresh=args.fresh, tracking_uri=args.tracking_uri)
+    except SweepError as e:
+        raise UsageError(str(e)) from None
+    except SweepInterrupted as e:
+        print(f"caviar: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(json.dumps(summary["best"]))
+    return EXIT_OK
+
+
+def cmd_sync(args) -> int:
+    from orchestrator.sweep.export import sync_workdir
+
+    return EXIT_FAILURE if sync_workdir(args.workdir, args.tracking_uri, sys.stderr) else EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    """The MLflow UI for the embedded store, on 127.0.0.1, until Ctrl-C."""
+    from orchestrator.tracking.store import embedded_uri
+    from orchestrator.tracking.ui import PortTaken, start_ui
+
+    try:
+        server, url, pages = start_ui(args.workdir, args.port)
+    except PortTaken as e:
+        raise UsageError(str(e)) from None
+    print(f"caviar: MLflow UI for {embedded_uri(args.workdir)} at {url} (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    for line in pages:
+        print(line, file=sys.stderr, flush=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
+        return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from orchestrator.cluster.submit import submit
+    from orchestrator.sweep.spec import job_file, parse_sweep
+
+    raw = load_mapping(args.file)
+    spec = parse_sweep(raw, args.file, Path(args.file).resolve().parent)
+    sweep, files = job_file(spec, raw)
+    try:
+        job_id, status = submit(spec.name, sweep, files, args.address, args.workdir,
+                                wait=not args.no_wait, resume=args.resume)
+    except ConnectionError as e:
+        print(f"caviar: failed: cannot reach the Ray dashboard at {args.address} ({e}); "
+              "is the cluster up, and is its dashboard port (8265) reachable?", file=sys.stderr)
+        return EXIT_FAILURE
+    print(job_id)
+    if status in ("FAILED", "STOPPED"):
+        print(f"caviar: job {job_id} {status.lower()}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def add_sweep(sub, common) -> None:
+    p = sub.add_parser("sweep", parents=[common], help="run a sweep with Ray Tune",
+                       description="Run a whole study with Ray Tune: the sweep file's strategy, "
+                       "scheduler and budget, on a local Ray started in this process or on a "
+                       "cluster (--address). Progress goes to stderr; the best trial's JSON to "
+                       "stdout; summary.json and trials.csv to WORKDIR/NAME/.")
+    p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
+    add_address(p, "a Ray cluster to join, e.g. ray://HEAD:10001")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep whose driver died: finished trials are kept, "
+                   "unfinished ones continue from their last checkpoint")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: an earlier sweep of the same name is moved aside")
+    add_tracking_uri(p, "MLflow tracking server or store", "the sweep's tracking.uri")
+    p.set_defaults(func=cmd_sweep)
+
+
+def add_sync(sub, common) -> None:
+    p = sub.add_parser("sync", parents=[common], help="write records that waited to MLflow",
+                       description="Write to MLflow what sweeps in WORKDIR recorded while the "
+                       "tracking server could not be reached. Nothing already written is "
+                       "written again.")
+    add_tracking_uri(p, "where to write", default="where each sweep was tracking")
+    p.set_defaults(func=cmd_sync)
+
+
+def add_ui(sub, common) -> None:
+    p = sub.add_parser("ui", parents=[common], help="the MLflow UI for the embedded store",
+                       description="Start the MLflow UI for WORKDIR's embedded store "
+                       "(sqlite:///WORKDIR/mlflow.db) on 127.0.0.1 and print its address. "
+                       "Ctrl-C stops it.")
+    p.add_argument("--port", type=int, default=5000, help="default %(default)s")
+    p.set_defaults(func=cmd_ui)
+
+
+def add_submit(sub, common) -> None:
+    p = sub.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job",
+                       description="Send a sweep to a Ray cluster as a Ray Job: caviar's code, "
+                       "the sweep with its space inline and a local data file go as the job's "
+                       "working directory; the job runs `caviar sweep` on the cluster. Streams "
+                       "the job's log to stderr and prints the job id on stdout. Exit 0 when "
+                       "the job succeeded, 1 when it failed or was stopped.")
+    p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
+    p.add_argument("--address", required=True,
+                   help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--workdir", default="~/caviar-runs",
+                   help="the workdir on the cluster (default: %(default)s of the job's user; "
+                   "use shared storage on a multi-node cluster)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the job id and return without following the job")
+    p.add_argument("--resume", action="store_true", help="resume the sweep on the cluster")
+    p.set_defaults(func=cmd_submit)

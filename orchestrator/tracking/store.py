@@ -1,0 +1,93 @@
+"""Where MLflow is: the tracking URI a command uses, and the embedded sqlite store.
+
+Embedded default: ``sqlite:///<workdir>/mlflow.db`` with artifacts in
+``<workdir>/mlartifacts``, nothing to start. Otherwise ``--tracking-uri``,
+MLFLOW_TRACKING_URI or a file's ``tracking.uri`` names a server or database.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# A server that does not answer should cost seconds, not MLflow's default minutes of
+# retries: the sync thread retries on its own, and the records wait on disk meanwhile.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+DB_FILE, ARTIFACTS_DIR = "mlflow.db", "mlartifacts"
+
+
+class StoreMissing(Exception):
+    """The embedded store named (by --workdir) does not exist: bad input (exit 2)."""
+
+
+def embedded_uri(workdir: str | Path) -> str:
+    return f"sqlite:///{Path(workdir).expanduser().resolve() / DB_FILE}"
+
+
+def resolve_uri(explicit: str | None, from_file: str | None, workdir: str | Path) -> str:
+    """``--tracking-uri``, else MLFLOW_TRACKING_URI, else the file's, else the embedded store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or from_file or embedded_uri(workdir)
+
+
+def store_missing(uri: str) -> bool:
+    """An embedded (sqlite) store whose file is not there: nothing registered in it."""
+    return uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def artifact_root(uri: str, workdir: str | Path) -> str | None:
+    """The embedded store keeps artifacts in ``<workdir>/mlartifacts``; a server decides."""
+    if uri.startswith("sqlite:"):
+        return (Path(workdir).expanduser().resolve() / ARTIFACTS_DIR).as_uri()
+    return None
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """Creates an embedded sqlite store whole or not at all.
+
+    A new store runs MLflow's migrations for seconds; a driver killed meanwhile
+    left a half-migrated file that no later command could open ("table
+    _alembic_tmp_runs already exists"). So the store is built under a temporary
+    name and linked into place.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    try:  # another process may have won the race: keep its store
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_store(uri: str, model: str | None = None) -> None:
+    """Refuses an embedded store that is not there: nothing is registered in it, and
+    creating it would only hide a wrong ``--workdir``.
+
+    Raises:
+        StoreMissing: naming the store and what to pass instead.
+    """
+    if store_missing(uri):
+        so = f" (so no model {model!r})" if model else ""
+        raise StoreMissing(f"no MLflow store at {uri}{so}: pass --tracking-uri, or the "
+                           "--workdir of the sweep that registered "
+                           + ("it" if model else "the model"))
+
+
+def registry_client(uri: str, model: str | None = None):
+    """An MlflowClient on ``uri`` for the model registry, which must exist (check_store)."""
+    check_store(uri, model)
+    ensure_sqlite_store(uri)
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)

@@ -1,0 +1,49 @@
+"""``caviar ui``: the MLflow UI for the embedded store, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.tracking.store import (
+    ARTIFACTS_DIR,
+    DB_FILE,
+    StoreMissing,
+    embedded_uri,
+    ensure_sqlite_store,
+)
+
+
+class PortTaken(Exception):
+    """Something listens on the port already: bad input (exit 2)."""
+
+
+def start_ui(workdir: str | Path, port: int) -> tuple[subprocess.Popen, str, list[str]]:
+    """Starts ``mlflow server`` on the workdir's store; returns (the server process, its
+    URL, a line per sweep naming its runs page)."""
+    workdir = Path(workdir).expanduser().resolve()
+    if not (workdir / DB_FILE).exists():
+        raise StoreMissing(f"{workdir}: no MLflow store here ({DB_FILE}) yet: run a sweep "
+                           "first, or pass the --workdir it used")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise PortTaken(f"port {port} on 127.0.0.1 is taken: pass --port")
+    uri = embedded_uri(workdir)
+    ensure_sqlite_store(uri)
+    server = subprocess.Popen([
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+        "--default-artifact-root", (workdir / ARTIFACTS_DIR).as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
+    url = f"http://127.0.0.1:{port}"
+    return server, url, sweep_pages(uri, url)
+
+
+def sweep_pages(uri: str, url: str) -> list[str]:
+    """Each sweep's runs page: the parent, its trials nested under it. (MLflow 3's UI
+    opens an experiment on its GenAI overview, not its runs.)"""
+    from mlflow import MlflowClient
+
+    return [f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs"
+            for exp in MlflowClient(uri).search_experiments() if exp.name != "Default"]
