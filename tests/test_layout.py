@@ -1,0 +1,106 @@
+"""The layout: one package per capability, and imports that only point down.
+
+Every import in caviar's source (function-level ones too) is read with ``ast`` and
+checked against the floors below. A new package must be given a floor here before
+it can land, which is the point: where it sits is a decision, not an accident.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("searchspaces", "models", "orchestrator")
+
+# package -> what it may import of caviar (besides itself). Read bottom-up.
+MAY_IMPORT = {
+    "searchspaces": set(),
+    "models": set(),
+    "orchestrator": set(),  # the root package: DEFAULT_WORKDIR
+    "orchestrator.strategies": {"searchspaces", "models", "orchestrator"},
+    "orchestrator.tracking": {"searchspaces", "models", "orchestrator"},
+    "orchestrator.cluster": {"searchspaces", "models", "orchestrator"},
+    "orchestrator.sweep": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
+                           "orchestrator.tracking", "orchestrator.cluster"},
+    "orchestrator.retune": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
+                            "orchestrator.tracking", "orchestrator.cluster",
+                            "orchestrator.sweep"},
+    "orchestrator.cli": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
+                         "orchestrator.tracking", "orchestrator.cluster", "orchestrator.sweep",
+                         "orchestrator.retune"},
+}
+# Third-party frameworks a package must not touch (DESIGN.md: models and search spaces
+# know nothing of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking).
+MUST_NOT_IMPORT = {
+    "searchspaces": {"ray", "mlflow", "torch"},
+    "models": {"ray", "mlflow"},
+    "orchestrator.strategies": {"mlflow"},
+    "orchestrator.tracking": {"ray"},
+    "orchestrator.cluster": {"mlflow"},
+}
+
+
+def package_of(module: str) -> str | None:
+    """The floor a module belongs to: the longest entry of MAY_IMPORT it falls under."""
+    matches = [p for p in MAY_IMPORT if module == p or module.startswith(p + ".")]
+    return max(matches, key=len) if matches else None
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, text: str) -> list[tuple[int, str]]:
+    """(line, name) of every import in the file, at any depth (``from a.b import c``: a.b.c)."""
+    out = []
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: use absolute imports"
+            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return out
+
+
+SOURCES = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+
+def test_every_source_package_has_a_floor():
+    homeless = {module_name(p) for p in SOURCES if package_of(module_name(p)) is None}
+    assert not homeless, f"give these a floor in MAY_IMPORT: {sorted(homeless)}"
+
+
+def violations(path: Path, text: str | None = None) -> list[str]:
+    here = package_of(module_name(path))
+    allowed = MAY_IMPORT[here] | {here}
+    banned = MUST_NOT_IMPORT.get(here, set())
+    out = []
+    for line, name in imports(path, path.read_text() if text is None else text):
+        top = name.split(".")[0]
+        if top in banned:
+            out.append(f"{path.relative_to(REPO)}:{line}: {here} imports {top}")
+        if top not in PACKAGES:
+            continue
+        there = package_of(name)
+        if there not in allowed:
+            out.append(f"{path.relative_to(REPO)}:{line}: {here} imports {name} ({there})")
+    return out
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_point_down(path):
+    assert violations(path) == []
+
+
+def test_the_check_catches_an_upward_import():
+    """The rule itself can fail: tracking importing the sweep driver, or Ray, is refused."""
+    sink = REPO / "orchestrator" / "tracking" / "sink.py"
+    text = sink.read_text() + "\nfrom orchestrator.sweep.run import run_sweep\nimport ray\n"
+    found = violations(sink, text)
+    assert any("imports orchestrator.sweep.run.run_sweep (orchestrator.sweep)" in v
+               for v in found)
+    assert any("orchestrator.tracking imports ray" in v for v in found)
