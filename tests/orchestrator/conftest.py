@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,10 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 nothing listens on (for a server to start, or to find closed)."""
     with socket.socket() as s:
@@ -72,3 +79,32 @@ def postgres():
         yield pg.start()
     finally:
         pg.stop()
+
+
+def caviar(*args: object, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs ``caviar ARGS`` as a user would, in a fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "CAVIAR_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_main(capsys, *args: object) -> tuple[int, str, str]:
+    """``caviar ARGS`` in-process (the same code path without the start-up cost):
+    (exit code, stdout, stderr)."""
+    from orchestrator.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_paragraph_error(stderr: str, *fragments: str) -> None:
+    """Bad input's contract: one line ``caviar: error: ...`` holding each fragment."""
+    text = stderr.strip()
+    assert text.startswith("caviar: error: "), stderr
+    assert "Traceback" not in stderr
+    assert "\n\n" not in text and len(text.splitlines()) == 1, stderr
+    for fragment in fragments:
+        assert fragment in text, f"{fragment!r} not in {text!r}"
