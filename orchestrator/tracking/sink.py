@@ -4,11 +4,11 @@ Why not Ray's MLflowLoggerCallback: after ``Tuner.restore`` it opens a second
 run for every resumed trial and leaves the first RUNNING (its trial-to-run map
 lives in memory), it has no parent run per sweep, and it logs value by value.
 
-Here the driver's event log (``trials.jsonl``, records.py) is the source: a
-background thread reads it from a cursor and writes what is new with one
-``log_batch`` per run. (The log's format is the sweep's: ``orchestrator.sweep.records``;
-this module reads it and knows nothing else of sweeps.) The trial-to-run map and the cursor live in
-``<sweep>/mlflow.json``, so a resumed sweep logs into the same runs. If the
+Here the driver's event log (``trials.jsonl``; its format is the sweep's,
+``orchestrator.sweep.records``) is the source: a background thread reads it from a
+cursor and writes what is new with one ``log_batch`` per run. The trial-to-run map
+and the cursor live in ``<sweep>/mlflow.json``, so a resumed sweep logs into the
+same runs. If the
 tracking server cannot be reached, the sweep goes on; the log on disk is the
 buffer, written when the server is back or by ``caviar sync``. Steps a
 previous process already logged are read back from MLflow and not written again.

@@ -1,4 +1,5 @@
-"""Debian's PostgreSQL and Chromium for the tests that need them.
+"""Real services for the tests that need them: an MLflow server process, Debian's
+PostgreSQL and Chromium.
 
 Each is started by the test itself. Where one is not installed the test is skipped
 with the reason, except under CAVIAR_CI=1 (set by .ci/run, which installs both), where
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,3 +93,47 @@ def dump_dom(url: str, user_data_dir: Path, budget_ms: int = 30000) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"chromium exited with {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
+
+
+def wait_healthy(url: str, proc, timeout: float = 120.0, log=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            said = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"the server exited with {proc.returncode}: {said}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer /health in {timeout} s")
+
+
+class Server:
+    """A real MLflow tracking server process: its own store (a sqlite file unless told),
+    a fixed free port."""
+
+    def __init__(self, tmp_path, backend: str | None = None):
+        from conftest import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                    "--port", str(self.port),
+                    "--backend-store-uri", backend or f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "server-artifacts"),
+                    "--workers", "1"]
+        self.proc = None
+        self.log = tmp_path / f"server-{self.port}.log"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
+                                         start_new_session=True)
+        wait_healthy(self.url, self.proc, log=self.log)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=60)

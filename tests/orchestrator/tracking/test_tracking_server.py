@@ -1,65 +1,21 @@
-"""Tracking against a real ``mlflow server`` process on 127.0.0.1, and ``caviar ui``."""
+"""Tracking against a real ``mlflow server`` process on 127.0.0.1 (tracking/sink.py with a
+server: on SQLite and PostgreSQL backends, and the server lost mid-sweep and mid-retune)."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO
 from mlflow import MlflowClient
+from services import Server
 
 from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
-
-
-def _wait_healthy(url: str, proc, timeout: float = 120.0, log=None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            said = log.read_text()[-3000:] if log is not None and log.exists() else ""
-            raise RuntimeError(f"the server exited with {proc.returncode}: {said}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer /health in {timeout} s")
-
-
-class Server:
-    """A real MLflow tracking server process: its own store (a sqlite file unless told),
-    a fixed free port."""
-
-    def __init__(self, tmp_path, backend: str | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                    "--port", str(self.port),
-                    "--backend-store-uri", backend or f"sqlite:///{tmp_path / 'server.db'}",
-                    "--artifacts-destination", str(tmp_path / "server-artifacts"),
-                    "--workers", "1"]
-        self.proc = None
-        self.log = tmp_path / f"server-{self.port}.log"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
-                                         start_new_session=True)
-        _wait_healthy(self.url, self.proc, log=self.log)
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture
@@ -100,74 +56,6 @@ def test_a_sweep_tracked_on_a_real_server(mlflow_server, write_sweep, tmp_path):
     assert summary["registered"]["name"] == "served"
     assert c.get_model_version("served", summary["registered"]["version"]).source.endswith(
         "/model")
-
-
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    """A two-trial sweep on the embedded store, and ``caviar ui`` serving it."""
-    import yaml
-    from conftest import sweep_dict
-
-    tmp = tmp_path_factory.mktemp("ui")
-    workdir = tmp / "w"
-    sweep = tmp / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump(sweep_dict(name="ui-sweep", epochs=2,
-                                               strategy={"kind": "random", "trials": 2})))
-    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep),
-                          "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert ran.returncode == 0, ran.stderr
-    port = free_port()
-    err = tmp / "ui.err"
-    with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
-                                 str(workdir), "--port", str(port)], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=f, text=True,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log=err)
-        yield {"url": url, "workdir": workdir, "err": err, "tmp": tmp,
-               "summary": json.loads((workdir / "ui-sweep" / "summary.json").read_text())}
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-
-
-def test_caviar_ui_serves_the_embedded_store(ui):
-    c = MlflowClient(ui["url"])
-    exp = c.get_experiment_by_name("ui-sweep")
-    assert len(c.search_runs([exp.experiment_id])) == 3  # the sweep and its 2 trials
-    said = ui["err"].read_text()
-    assert f"at {ui['url']}" in said
-    assert f"ui-sweep: {ui['url']}/#/experiments/{exp.experiment_id}/runs" in said
-
-
-def _page_text(html: str) -> str:
-    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
-
-
-def test_headless_chromium_finds_the_sweeps_runs_in_the_mlflow_ui(ui):
-    from services import absent, chromium, dump_dom
-
-    if chromium() is None:
-        absent("Chromium", "apt-get install chromium")
-    exp = MlflowClient(ui["url"]).get_experiment_by_name("ui-sweep").experiment_id
-    runs = _page_text(dump_dom(f"{ui['url']}/#/experiments/{exp}/runs", ui["tmp"] / "c1"))
-    # the parent run by its name, with its trials nested under it
-    assert "ui-sweep" in runs and "3 matching runs" in runs, runs[:2000]
-    parent = ui["summary"]["mlflow"]["parent_run_id"]
-    page = _page_text(dump_dom(f"{ui['url']}/#/experiments/{exp}/runs/{parent}/artifacts",
-                               ui["tmp"] / "c2"))
-    for name in ("plots", "model", "summary.json", "trials.csv", "sweep.yaml"):
-        assert name in page, (name, page[:2000])
-
-
-def test_caviar_ui_without_a_store_says_so(tmp_path):
-    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
-                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 2 and "no MLflow store here" in ran.stderr
 
 
 @pytest.mark.usefixtures("ray_shutdown")

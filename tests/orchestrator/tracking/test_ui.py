@@ -1,0 +1,86 @@
+"""``caviar ui`` (tracking/ui.py): the MLflow UI for the embedded store, on 127.0.0.1,
+found by a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, free_port
+from mlflow import MlflowClient
+from services import wait_healthy
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A two-trial sweep on the embedded store, and ``caviar ui`` serving it."""
+    import yaml
+    from conftest import sweep_dict
+
+    tmp = tmp_path_factory.mktemp("ui")
+    workdir = tmp / "w"
+    sweep = tmp / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(sweep_dict(name="ui-sweep", epochs=2,
+                                               strategy={"kind": "random", "trials": 2})))
+    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep),
+                          "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    port = free_port()
+    err = tmp / "ui.err"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
+                                 str(workdir), "--port", str(port)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=f, text=True,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log=err)
+        yield {"url": url, "workdir": workdir, "err": err, "tmp": tmp,
+               "summary": json.loads((workdir / "ui-sweep" / "summary.json").read_text())}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def test_caviar_ui_serves_the_embedded_store(ui):
+    c = MlflowClient(ui["url"])
+    exp = c.get_experiment_by_name("ui-sweep")
+    assert len(c.search_runs([exp.experiment_id])) == 3  # the sweep and its 2 trials
+    said = ui["err"].read_text()
+    assert f"at {ui['url']}" in said
+    assert f"ui-sweep: {ui['url']}/#/experiments/{exp.experiment_id}/runs" in said
+
+
+def _page_text(html: str) -> str:
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_headless_chromium_finds_the_sweeps_runs_in_the_mlflow_ui(ui):
+    from services import absent, chromium, dump_dom
+
+    if chromium() is None:
+        absent("Chromium", "apt-get install chromium")
+    exp = MlflowClient(ui["url"]).get_experiment_by_name("ui-sweep").experiment_id
+    runs = _page_text(dump_dom(f"{ui['url']}/#/experiments/{exp}/runs", ui["tmp"] / "c1"))
+    # the parent run by its name, with its trials nested under it
+    assert "ui-sweep" in runs and "3 matching runs" in runs, runs[:2000]
+    parent = ui["summary"]["mlflow"]["parent_run_id"]
+    page = _page_text(dump_dom(f"{ui['url']}/#/experiments/{exp}/runs/{parent}/artifacts",
+                               ui["tmp"] / "c2"))
+    for name in ("plots", "model", "summary.json", "trials.csv", "sweep.yaml"):
+        assert name in page, (name, page[:2000])
+
+
+def test_caviar_ui_without_a_store_says_so(tmp_path):
+    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2 and "no MLflow store here" in ran.stderr
+
+
