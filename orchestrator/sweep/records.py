@@ -68,9 +68,21 @@ class TrialLog:
     def append(self, event: dict) -> None:
         self._apply(event)
         if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", buffering=1)  # line-buffered: a line per write
+            self._open()
         self._fh.write(json.dumps(event, default=str) + "\n")
+
+    def _open(self) -> None:
+        """Opens the log for appending. A last line a crash cut short is ended first, so
+        the next event is a line of its own (the cut one is skipped on every read)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut = False
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, 2)
+                cut = f.read(1) != b"\n"
+        self._fh = open(self.path, "a", buffering=1)  # line-buffered: a line per write
+        if cut:
+            self._fh.write("\n")
 
     def close(self) -> None:
         if self._fh is not None:

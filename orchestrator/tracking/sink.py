@@ -27,12 +27,25 @@ from orchestrator.tracking.store import artifact_root, ensure_sqlite_store
 from searchspaces.trial import ROUND_KEY, SEED_KEY, hyperparameters
 
 STATE_FILE = "mlflow.json"
+SWEEP_KEYS = ("parent_params", "parent_tags", "sweep_uid")  # in STATE_FILE, whatever the store
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "samples_per_second")
 NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name", "gpu_model", "gpu_count",
              "cpu_model", "cpu_count", "torch", "cuda")
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FINISHED",
               "failed": "FAILED"}
+
+
+def _events(lines: bytes) -> list[dict]:
+    """The events of whole lines; a line a crash cut short (and the writer ended later)
+    does not parse and is skipped, as the event log's own reader does."""
+    out = []
+    for line in lines.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return [e for e in out if isinstance(e, dict) and "trial_id" in e and "event" in e]
 
 
 class MlflowSink:
@@ -56,6 +69,9 @@ class MlflowSink:
             if saved.get("tracking_uri") == uri:
                 self.state.update(saved)
                 self.earlier = True
+            else:  # another store (caviar sync --tracking-uri): it holds nothing of this
+                # sweep yet, but the parent run's params and tags are the sweep's own
+                self.state.update({k: saved[k] for k in SWEEP_KEYS if k in saved})
         self._client = None
         self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
         self._earlier: dict[str, int] = {}  # run -> last step earlier processes wrote
@@ -152,7 +168,7 @@ class MlflowSink:
         end = chunk.rfind(b"\n") + 1  # whole lines only: the writer may be mid-line
         if end == 0:
             return 0
-        events = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        events = _events(chunk[:end])
         pending: dict[str, dict] = {}
         for e in events:
             self._apply(e, pending)
