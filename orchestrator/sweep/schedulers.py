@@ -10,6 +10,8 @@ from functools import partial
 
 from ray import tune
 
+from searchspaces import ChoiceParameter
+
 MEMBER_KEY = "_member"  # which member of PBT's initial population a trial is
 
 
@@ -39,9 +41,15 @@ def _pbt(space, s):
         rng = np.random.default_rng()
         return lambda: space[name].from_unit(float(rng.random()))
 
+    def mutation(name):
+        # A choice shifts along its list (Ray's PBT moves to a neighbouring value); a
+        # number is multiplied by 0.8 or 1.2, or resampled, then clipped to the space.
+        p = space[name]
+        return list(p.values) if isinstance(p, ChoiceParameter) else resample(name)
+
     return PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-        hyperparam_mutations={n: resample(n) for n in names},
+        hyperparam_mutations={n: mutation(n) for n in names},
         quantile_fraction=s.quantile_fraction, custom_explore_fn=partial(clip, space, names),
         synch=False)
 
