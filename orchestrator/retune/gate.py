@@ -78,7 +78,7 @@ def welch_p(better: list[float], worse: list[float], objective: Objective) -> fl
     from scipy import stats as scipy_stats
 
     a, b = np.asarray(better), np.asarray(worse)
-    if np.std(a) == 0 and np.std(b) == 0:  # no spread at all: the means decide
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all (np.std may say 1e-16)
         return 0.0 if objective.better(a.mean(), b.mean()) else 1.0
     alternative = "less" if objective.mode == "min" else "greater"
     return float(scipy_stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
