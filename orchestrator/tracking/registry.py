@@ -56,12 +56,19 @@ def download_model(uri: str, model_uri: str, dst: str | Path | None = None) -> P
     """The files of ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``runs:/ID/PATH``,
     downloaded from the registry at ``uri``."""
     import mlflow
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # cron mail
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # models:/ URIs are looked up in the registry
+    source = model_uri
+    if model_uri.startswith("models:/"):
+        # The version's own source, looked up here: MLflow's models:/ download reads the
+        # process-wide tracking URI, which this would otherwise have to set for everyone.
+        client = MlflowClient(uri, registry_uri=uri)
+        name, version = get_model_name_and_version(client, model_uri)
+        source = client.get_model_version(name, version).source
     return Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri, tracking_uri=uri, dst_path=None if dst is None else str(dst)))
+        artifact_uri=source, tracking_uri=uri, dst_path=None if dst is None else str(dst)))
 
 
 def _model(client, name: str):
