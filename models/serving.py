@@ -79,7 +79,9 @@ def predict(net: MLP, meta: dict, x: np.ndarray) -> tuple[list, np.ndarray]:
 
 def read_rows(path: str | Path, feature_names: list) -> np.ndarray:
     """Raw feature rows from a csv, parquet or npz file, in the model's feature order
-    (a label column is ignored; unnamed columns are taken in training order)."""
+    (a label column is ignored). Columns none of whose names the model knows are taken
+    in training order when their count is the model's; a file naming some features must
+    name them all (a label column never stands in for a missing one)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such file")
@@ -90,8 +92,8 @@ def read_rows(path: str | Path, feature_names: list) -> np.ndarray:
         return arrays["X"]
     frame = read_frame(p, "parquet" if p.suffix in (".parquet", ".pq") else "csv")
     missing = [c for c in feature_names if c not in frame.columns]
-    if missing and frame.shape[1] == len(feature_names):
-        return frame.to_numpy(dtype=float)  # unnamed columns, in training order
+    if len(missing) == len(feature_names) and frame.shape[1] == len(feature_names):
+        return frame.to_numpy(dtype=float)  # no name the model knows: training order
     if missing:
         raise DataError(f"{path}: missing feature column(s) {', '.join(missing[:5])}; the "
                         f"model was trained on {', '.join(feature_names[:8])}...")
