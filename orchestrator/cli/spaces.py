@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from orchestrator.cli._common import EXIT_OK, UsageError, json_safe, seed_or_draw
 from searchspaces import STRATEGIES, SearchSpace, SpecError
@@ -31,8 +32,6 @@ def load_any(path: str):
         raise SpecError(path, "", "this is a re-tune job file; caviar sample and train take "
                         "a search space or a sweep file (caviar validate and caviar retune "
                         "take it)")
-    from pathlib import Path
-
     sweep = parse_sweep(raw, path, Path(path).resolve().parent)
     return kind, sweep.space, sweep
 
