@@ -91,6 +91,10 @@ def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_pat
     c, runs = runs_of(target, "t")
     children = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"]
     assert len(children) == 3 and len(runs) == 4
+    # the parent run, made in another store than the sweep first tried, is the sweep's
+    parent = next(r for r in runs if r.data.tags.get("caviar.kind") == "sweep")
+    assert parent.data.params["strategy"] == "random" and parent.data.params["budget"] == "3"
+    assert parent.data.tags["mlflow.runName"] == "t" and parent.data.tags["caviar.sweep"] == "t"
     for run in children:
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2]  # every epoch, once
@@ -150,3 +154,38 @@ def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_p
     net, meta = load_model(tmp_path / "w" / "t" / "model")
     labels, _ = predict(net, meta, raw)
     assert [data.classes.index(x) for x in labels] == list(expected)
+
+
+def test_a_line_a_crash_cut_short_is_skipped_and_the_rest_is_written(tmp_path):
+    """A driver killed mid-write leaves half a line; the resumed driver's log goes on on
+    the next line (records.TrialLog). The export skips the broken line, every sync."""
+    from orchestrator.sweep.records import LOG_FILE, TrialLog
+    from orchestrator.tracking.sink import MlflowSink
+
+    d = tmp_path / "s"
+    d.mkdir()
+    t = 1_700_000_000.0
+
+    def result(epoch: int) -> dict:
+        return {"event": "result", "trial_id": "a", "epoch": epoch, "time": t + epoch,
+                "metrics": {"epoch": epoch, "val_loss": 1.0 / epoch, "train_loss": 1.0}}
+
+    start = {"event": "start", "trial_id": "a", "round": 0, "config": {"lr": 0.1, "_seed": 3},
+             "time": t}
+    (d / LOG_FILE).write_text(json.dumps(start) + "\n" + json.dumps(result(1)) + "\n"
+                              + json.dumps(result(2))[:25])  # the crash
+    log = TrialLog(d / LOG_FILE)
+    for event in (result(2), result(3), {"event": "end", "trial_id": "a",
+                                         "status": "completed", "time": t + 4}):
+        log.append(event)
+    log.close()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = MlflowSink(uri, "cut", d, d / LOG_FILE, tmp_path)
+    sink.prepare({"strategy": "random"}, {"mlflow.runName": "cut"})
+    assert sink.sync() == 5  # start, 3 results, end: the broken line is not an event
+    assert sink.sync() == 0
+    c, runs = runs_of(uri, "cut")
+    trial = next(r for r in runs if r.data.tags.get("caviar.kind") == "trial")
+    steps = [m.step for m in c.get_metric_history(trial.info.run_id, "val_loss")]
+    assert sorted(steps) == [1, 2, 3]
+    assert trial.info.status == "FINISHED" and trial.data.params == {"lr": "0.1", "seed": "3"}
