@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import yaml
 from conftest import REPO, free_port
 from mlflow import MlflowClient
 
-from orchestrator.tracking.registry import PREVIOUS, PRODUCTION, Lock, Locked
+from orchestrator.tracking.registry import PREVIOUS, PRODUCTION
 
 FEATURES = 10
 
@@ -207,20 +206,6 @@ def test_two_retunes_at_once_one_trains_and_the_other_exits_3(tuned):
     assert not c.search_registered_models("name = 'caviar-lock.busy'")
 
 
-def test_a_lock_whose_holder_died_is_broken_after_its_lease(tuned):
-    c = tuned["client"]
-    first = Lock(c, "leased", lease_s=1.5)
-    first.acquire()
-    first._stop.set()  # its holder "dies": no more renewals, no release
-    with pytest.raises(Locked, match="is locked by retune pid"):
-        Lock(c, "leased", lease_s=60).acquire()
-    time.sleep(2.0)
-    second = Lock(c, "leased", lease_s=60)
-    second.acquire()
-    assert c.get_registered_model("caviar-lock.leased").tags["holder"] == second.holder
-    second.release()
-
-
 def test_rollback_restores_the_earlier_version(tuned):
     c = production_copy(tuned, "rolled")
     v = c.get_model_version("base", "1")
@@ -327,23 +312,3 @@ def test_validate_checks_a_retune_file_without_running_it(tuned):
     bad = retune_file(tuned, "anything", seeds=0)
     ran = caviar(tuned, "validate", str(bad))
     assert ran.returncode == 2 and "key 'seeds'" in ran.stderr
-
-
-@pytest.mark.usefixtures("ray_shutdown")
-def test_the_hardware_a_trial_would_get_is_probed_on_the_cluster():
-    """Through a Ray task placed like a trial (a real 2-node ray.cluster_utils.Cluster;
-    no GPU here, so the node advertising one is placed on but reports none)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from orchestrator.cluster.hardware import hardware_fingerprint, training_hardware
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1, num_gpus=1)  # an advertised GPU: none is real here
-    try:
-        probed = training_hardware(cpu=1, gpu=1, address=cluster.address)
-        assert ray.is_initialized()
-        assert probed == {**hardware_fingerprint(), "gpu_count": 0, "gpu_model": ""}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

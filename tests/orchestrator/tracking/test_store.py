@@ -1,0 +1,136 @@
+"""Where MLflow is (orchestrator/tracking/store.py): the tracking URI a command uses, the
+embedded sqlite store and its artifacts folder, refusing a store that is not there, and
+creating one whole."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.tracking.store import (
+    StoreMissing,
+    artifact_root,
+    check_store,
+    embedded_uri,
+    ensure_sqlite_store,
+    registry_client,
+    resolve_uri,
+    store_missing,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An embedded store made by ensure_sqlite_store in a folder of its own:
+    (the folder, its URI)."""
+    workdir = tmp_path_factory.mktemp("store") / "w"
+    uri = embedded_uri(workdir)
+    ensure_sqlite_store(uri)
+    return workdir, uri
+
+
+def test_the_embedded_store_is_mlflow_db_in_the_absolute_workdir(tmp_path):
+    assert embedded_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert embedded_uri(str(tmp_path / "a" / ".." / "w")) == \
+        f"sqlite:///{tmp_path.resolve()}/w/mlflow.db"
+    assert embedded_uri("w") == f"sqlite:///{Path.cwd().resolve()}/w/mlflow.db"
+    assert embedded_uri("~/w") == f"sqlite:///{Path.home().resolve()}/w/mlflow.db"
+
+
+@pytest.mark.parametrize("explicit, env, from_file, expected", [
+    ("http://flag:5000", "http://env:5000", "http://file:5000", "http://flag:5000"),
+    (None, "http://env:5000", "http://file:5000", "http://env:5000"),
+    (None, None, "http://file:5000", "http://file:5000"),
+    (None, "", "http://file:5000", "http://file:5000"),  # set but empty: not a URI
+    ("http://flag:5000", None, None, "http://flag:5000"),
+    (None, None, None, "embedded"),
+], ids=["flag-first", "env-before-file", "file", "empty-env", "flag-alone", "embedded"])
+def test_the_tracking_uri_is_the_flag_then_the_environment_then_the_file_then_embedded(
+        monkeypatch, tmp_path, explicit, env, from_file, expected):
+    if env is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    if expected == "embedded":
+        expected = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_uri(explicit, from_file, tmp_path) == expected
+
+
+def test_only_an_embedded_store_without_its_file_is_missing(tmp_path, store):
+    _, uri = store
+    assert store_missing(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not store_missing(uri)
+    assert not store_missing("http://127.0.0.1:1")  # a server is not looked for here
+    assert not store_missing("postgresql://u@127.0.0.1:1/db")
+    assert list(tmp_path.iterdir()) == []  # looking created nothing
+
+
+@pytest.mark.parametrize("model, message", [
+    (None, ": pass --tracking-uri, or the --workdir of the sweep that registered the model"),
+    ("m", " (so no model 'm'): pass --tracking-uri, or the --workdir of the sweep that "
+          "registered it"),
+], ids=["no-model", "model"])
+def test_a_missing_store_is_refused_naming_it_and_what_to_pass(tmp_path, model, message):
+    uri = f"sqlite:///{tmp_path}/nowhere/mlflow.db"
+    with pytest.raises(StoreMissing, match=f"^{re.escape(f'no MLflow store at {uri}{message}')}$"):
+        check_store(uri, model)
+
+
+def test_an_existing_store_or_a_server_passes_the_check(store):
+    _, uri = store
+    assert check_store(uri, "m") is None
+    assert check_store("http://127.0.0.1:1", "m") is None
+
+
+def test_registry_client_refuses_a_missing_store_and_creates_nothing(tmp_path):
+    uri = embedded_uri(tmp_path / "nowhere")
+    with pytest.raises(StoreMissing, match="so no model 'm'"):
+        registry_client(uri, "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registry_client_works_on_an_existing_store(store):
+    _, uri = store
+    client = registry_client(uri, "kept")
+    client.create_registered_model("kept")
+    again = MlflowClient(uri, registry_uri=uri)
+    assert [m.name for m in again.search_registered_models("name = 'kept'")] == ["kept"]
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("sqlite:////elsewhere/mlflow.db", "workdir"),  # embedded: beside it, in the workdir
+    ("http://127.0.0.1:5000", None),  # a server decides
+    ("postgresql://u@127.0.0.1/db", None),
+])
+def test_artifacts_of_the_embedded_store_go_to_mlartifacts_and_a_server_decides(
+        tmp_path, uri, expected):
+    if expected == "workdir":
+        expected = f"file://{tmp_path.resolve()}/mlartifacts"
+    assert artifact_root(uri, tmp_path) == expected
+
+
+def test_ensure_sqlite_store_creates_a_store_mlflow_opens_and_leaves_no_temporary(store):
+    workdir, uri = store
+    assert sorted(p.name for p in workdir.iterdir()) == ["mlflow.db"]  # no .mlflow.db.*.tmp
+    assert (workdir / "mlflow.db").stat().st_nlink == 1  # the temporary link is gone
+    names = [e.name for e in MlflowClient(uri).search_experiments()]
+    assert names == ["Default"]
+
+
+def test_ensure_sqlite_store_leaves_an_existing_store_untouched(store):
+    workdir, uri = store
+    before = os.stat(workdir / "mlflow.db")
+    ensure_sqlite_store(uri)
+    after = os.stat(workdir / "mlflow.db")
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == \
+        (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert sorted(p.name for p in workdir.iterdir()) == ["mlflow.db"]
+
+
+def test_ensure_sqlite_store_leaves_a_server_alone(tmp_path):
+    assert ensure_sqlite_store("http://127.0.0.1:1") is None
+    assert ensure_sqlite_store("postgresql://u@127.0.0.1:1/db") is None
