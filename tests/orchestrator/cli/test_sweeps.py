@@ -110,12 +110,14 @@ def test_ui_on_a_taken_port_is_bad_input(capsys, tmp_path):
     assert_one_paragraph_error(err, f"port {port} on 127.0.0.1 is taken: pass --port")
 
 
-def test_submit_to_a_dashboard_nobody_listens_on_fails_with_exit_1(capsys, monkeypatch,
-                                                                   write_sweep):
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # submit may turn it on for the process
+def test_submit_to_a_dashboard_nobody_listens_on_fails_with_exit_1(write_sweep):
+    # In a process of its own: submit sets RAY_AUTH_MODE for its process before Ray reads
+    # it once, which would leave every later in-process Ray of this test run unable to
+    # talk to its own GCS.
     address = f"http://127.0.0.1:{free_port()}"
-    code, out, err = run_main(capsys, "submit", write_sweep(), "--address", address)
-    assert code == 1 and out == ""
+    ran = caviar("submit", write_sweep(), "--address", address)
+    assert ran.returncode == 1 and ran.stdout == ""
+    err = ran.stderr
     text = err.strip()
     assert len(text.splitlines()) == 1, err
     assert text.startswith(f"caviar: failed: cannot reach the Ray dashboard at {address} (")
