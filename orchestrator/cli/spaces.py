@@ -3,9 +3,13 @@ configuration trained here without Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.cli._common import EXIT_OK, UsageError, json_safe, seed_or_draw
@@ -150,13 +154,33 @@ def _plan(args, space: SearchSpace, sweep) -> tuple[dict, object, str | None, in
             0 if args.seed is None else args.seed)
 
 
-def _progress(epochs: int):
+def _progress(epochs: int, stop: threading.Event):
     def progress(m: dict, _run) -> None:
         print(f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
               f"val_loss {m['val_loss']:.4f}  val_accuracy {m['val_accuracy']:.4f}  "
               f"lr {m['lr']:.3g}  {m['samples_per_second']:,.0f} samples/s", file=sys.stderr)
+        if stop.is_set():  # a Ctrl-C whose KeyboardInterrupt was lost: stop here
+            raise KeyboardInterrupt
 
     return progress
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt at once, as always, and is also remembered: CPython
+    drops an exception raised while it runs a __del__ or a GC callback (seen once here:
+    training went on after SIGINT), so the next epoch boundary raises it again."""
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def cmd_train(args) -> int:
@@ -176,8 +200,10 @@ def cmd_train(args) -> int:
           f"/ {len(data.x_test)} test rows, {data.n_features} features, {data.n_classes} "
           f"classes", file=sys.stderr)
     print("caviar: config " + json.dumps(config), file=sys.stderr)
-    result = fit(data, model_config, hparams, epochs=epochs, seed=seed, device=args.device,
-                 callback=_progress(epochs), num_threads=args.threads)
+    with _ctrl_c() as stop:
+        result = fit(data, model_config, hparams, epochs=epochs, seed=seed,
+                     device=args.device, callback=_progress(epochs, stop),
+                     num_threads=args.threads)
     m = result.metrics
     print(json.dumps(json_safe({
         "status": result.status, "epochs": result.epochs, "train_loss": m.get("train_loss"),
