@@ -108,9 +108,14 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
         # Ray's PBT takes no search algorithm: the strategy draws the population up front.
         search_alg, num_samples, param_space = None, 1, population_space(strategy)
     if resume:
-        return tune.Tuner.restore(str(paths.experiment), trainable=trainable,
-                                  resume_unfinished=True, resume_errored=True,
-                                  param_space=param_space)
+        try:
+            return tune.Tuner.restore(str(paths.experiment), trainable=trainable,
+                                      resume_unfinished=True, resume_errored=True,
+                                      param_space=param_space)
+        except (AttributeError, ModuleNotFoundError) as e:  # Tune pickled caviar's classes
+            raise SweepError(f"sweep {spec.name!r} in {paths.workdir} was started by an "
+                             f"earlier caviar whose code this one cannot load ({e}): resume it "
+                             "with that version, or start over with --fresh") from None
     recorder = RecordingCallback(str(paths.dir / LOG_FILE), spec.metric, spec.epochs,
                                  strategy.budget, stream=stream, trials_dir=str(paths.experiment))
     return tune.Tuner(

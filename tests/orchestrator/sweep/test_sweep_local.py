@@ -97,6 +97,25 @@ def test_an_existing_sweep_needs_resume_or_fresh(write_sweep, tmp_path):
     assert list((tmp_path / "w").glob("t.old-*"))  # moved aside, not deleted
 
 
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_sweep_whose_snapshot_names_code_this_caviar_lacks_is_refused_clearly(write_sweep,
+                                                                                 tmp_path):
+    """Tune pickles caviar's functions by module and name into tuner.pkl; a sweep started
+    under an earlier layout (orchestrator.records, orchestrator.sweep.trial_dirname) names
+    modules this caviar lacks. Here the module a snapshot names is renamed (same length)."""
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1,
+                                  tracking={"enabled": False}))
+    run_sweep(spec, tmp_path / "w")
+    pkl = tmp_path / "w" / "ray" / "t" / "tuner.pkl"
+    data = pkl.read_bytes()
+    assert data.count(b"orchestrator.sweep.run") == 1  # where trial_dirname lives
+    pkl.write_bytes(data.replace(b"orchestrator.sweep.run", b"orchestrator.sweep.ruX"))
+    with pytest.raises(SweepError, match="started by an earlier caviar.*sweep.ruX.*"
+                                         "resume it with that version, or start over with "
+                                         "--fresh"):
+        run_sweep(spec, tmp_path / "w", resume=True)
+
+
 def test_resume_without_a_sweep_is_refused(write_sweep, tmp_path):
     spec = load_sweep(write_sweep())
     with pytest.raises(SweepError, match="nothing to resume"):
