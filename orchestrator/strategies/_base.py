@@ -168,7 +168,12 @@ class Strategy(Searcher):
 
     @property
     def objective(self) -> Objective:
-        return Objective(self.metric, self.mode)
+        """The metric and its direction (Tune may set them late: set_search_properties).
+        Made once per (metric, mode): score_of asks it for every trial of every ranking."""
+        key = (self.metric, self.mode)
+        if getattr(self, "_objective_key", None) != key:
+            self._objective, self._objective_key = Objective(*key), key
+        return self._objective
 
     def score_of(self, rec: TrialRecord) -> float:
         """A trial's score for ranking: failed, diverged or silent trials rank last."""
