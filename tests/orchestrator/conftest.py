@@ -42,6 +42,33 @@ def write_sweep(tmp_path):
 
 
 @pytest.fixture
+def no_outside_services(monkeypatch):
+    """Commands find their store by --workdir or --tracking-uri and start their own Ray:
+    nothing from the environment the tests run in (MLflow, Ray, CAVIAR_DEBUG) leaks in."""
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CAVIAR_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny nets train faster on one thread: more only contend on busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """300 synthetic rows, 6 features, 3 classes, split and standardised."""
+    from models.data import DataSpec, load
+
+    return load(DataSpec(source="synthetic", size=300, n_features=6, classes=3))
+
+
+@pytest.fixture
 def ray_shutdown():
     """Shuts down whatever Ray the test started, so the next test starts clean."""
     yield

@@ -33,11 +33,7 @@ COMMANDS = ["validate", "sample", "train", "sweep", "sync", "ui", "predict", "su
 TINY_DATA = {"source": "synthetic", "size": 300, "n_features": 6, "classes": 3}
 
 
-@pytest.fixture(autouse=True)
-def _no_outside_store(monkeypatch):
-    """The commands find their store by --workdir or --tracking-uri only."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("CAVIAR_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("no_outside_services")
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,7 @@ ROWS = 12
 _names = itertools.count(1)
 
 
-@pytest.fixture(autouse=True)
-def _no_outside_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("no_outside_services")
 
 
 @pytest.fixture(scope="module")

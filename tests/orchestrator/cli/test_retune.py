@@ -27,10 +27,7 @@ OLD = "2020-01-01T00:00:00+00:00"
 _names = itertools.count(1)
 
 
-@pytest.fixture(autouse=True)
-def _no_outside_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_outside_services")
 
 
 @pytest.fixture(scope="module")

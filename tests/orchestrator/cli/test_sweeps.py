@@ -14,10 +14,7 @@ from orchestrator.tracking.store import embedded_uri, ensure_sqlite_store
 TINY_DATA = {"source": "synthetic", "size": 300, "n_features": 6, "classes": 3}
 
 
-@pytest.fixture(autouse=True)
-def _no_outside_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_outside_services")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from conftest import free_port, sweep_dict
 from mlflow import MlflowClient
 
 from models.config import MLPConfig
-from models.data import DataSpec, load
 from models.net import MLP
 from models.train import fit, load_checkpoint
 from orchestrator.cluster.hardware import HARDWARE_KEYS, hardware_fingerprint
@@ -32,17 +31,12 @@ HW = {"gpu_model": "Test GPU 80GB", "gpu_count": 2, "cpu_model": "Test CPU", "cp
       "torch": "2.99.0", "cuda": "12.9"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: threads only contend on busy cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load(DataSpec(source="synthetic", size=300, n_features=6, classes=3))
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture(scope="module")

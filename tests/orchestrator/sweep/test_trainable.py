@@ -15,7 +15,6 @@ from ray import tune
 from ray.tune import Callback
 
 from models.config import HParams, MLPConfig
-from models.data import DataSpec, load
 from models.objective import Objective
 from models.train import TrainingRun, fit, load_checkpoint
 from orchestrator.cluster.hardware import hardware_fingerprint
@@ -36,17 +35,12 @@ HP = HParams(lr=0.05)
 SEED = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: threads only contend on busy cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load(DataSpec(source="synthetic", size=300, n_features=6, classes=3))
+def data(tiny_data):
+    return tiny_data
 
 
 def _epoch_files(d) -> list[str]:
