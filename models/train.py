@@ -184,18 +184,30 @@ class TrainingRun:
             raise ValueError("checkpoint is of another net shape: "
                              f"{state['model_config']}, features/classes {state['shape']}")
         self.model.load_state_dict(state["model"])
+        self.epoch = int(state["epoch"])
         if state["hparams"]["optimizer"] == self.hparams.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
-            fresh = make_optimizer([torch.zeros(1)], self.hparams).param_groups[0]
-            for group in self.optimizer.param_groups:  # the new hyperparameters win
-                for key, value in fresh.items():
-                    if key != "params":
-                        group[key] = value
+            self.set_hparams(self.hparams)  # the new hyperparameters win
         torch.set_rng_state(state["torch_rng"])
         self.shuffle.set_state(state["shuffle_rng"])
-        self.epoch = int(state["epoch"])
         self.seed = int(state["seed"])
         self.history = list(state["history"])
+
+    def set_hparams(self, hparams: HParams) -> None:
+        """New hyperparameters for the epochs to come, set in the optimizer's param_groups
+        in place (as Ray's PBT examples do): its state (momentum, Adam's averages) is kept.
+        The optimizer's kind cannot change this way: that needs a new optimizer."""
+        if hparams.optimizer != self.hparams.optimizer:
+            raise ValueError(f"the optimizer is {self.hparams.optimizer!r}; it cannot become "
+                             f"{hparams.optimizer!r} in place")
+        self.hparams = hparams
+        fresh = make_optimizer([torch.zeros(1)], hparams).param_groups[0]
+        lr = hparams.lr / (1.0 + hparams.lr_decay * self.epoch)  # as the next epoch sets it
+        for group in self.optimizer.param_groups:
+            for key, value in fresh.items():
+                if key != "params":
+                    group[key] = value
+            group["lr"] = lr
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the state atomically (temp file, then rename): a crash never leaves half."""

@@ -28,9 +28,13 @@ MAY_IMPORT = {
     "orchestrator.retune": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
                             "orchestrator.tracking", "orchestrator.cluster",
                             "orchestrator.sweep"},
+    # babysitting trains like a trial and registers like a sweep: retune's floor
+    "orchestrator.panda": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
+                           "orchestrator.tracking", "orchestrator.cluster",
+                           "orchestrator.sweep"},
     "orchestrator.cli": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
                          "orchestrator.tracking", "orchestrator.cluster", "orchestrator.sweep",
-                         "orchestrator.retune"},
+                         "orchestrator.retune", "orchestrator.panda"},
 }
 # Third-party frameworks a package must not touch (DESIGN.md: models and search spaces
 # know nothing of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking).

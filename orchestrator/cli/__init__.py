@@ -4,6 +4,8 @@
 - ``sweeps``: sweep, submit, sync, ui
 - ``models``: predict, promote, rollback
 - ``retune``: retune
+- ``babysit``: babysit start|status|nudge|pause|resume|revert|stop|list|register
+- ``plan``: plan
 
 Each handler parses, calls into the packages below and maps errors to exit codes:
 0 done; 1 failure (a bug or the environment: the message says which); 2 bad input
@@ -17,7 +19,7 @@ import argparse
 import os
 import sys
 
-from orchestrator.cli import models, retune, spaces, sweeps
+from orchestrator.cli import babysit, models, plan, retune, spaces, sweeps
 from orchestrator.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -34,7 +36,8 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", 
 # In the order `caviar --help` lists them.
 COMMANDS = (spaces.add_validate, spaces.add_sample, spaces.add_train, sweeps.add_sweep,
             sweeps.add_sync, sweeps.add_ui, models.add_predict, sweeps.add_submit,
-            retune.add_retune, models.add_promote, models.add_rollback)
+            retune.add_retune, models.add_promote, models.add_rollback,
+            babysit.add_babysit, plan.add_plan)
 
 
 def _version() -> str:
@@ -65,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _bad_input() -> tuple[type[Exception], ...]:
     """What a handler may raise that is the user's input, not a failure: exit 2."""
     from models.data import DataError
+    from orchestrator.panda.channel import BabysitError
     from orchestrator.tracking.registry import RegistryError
     from orchestrator.tracking.store import StoreMissing
     from searchspaces import SpecError
 
-    return SpecError, DataError, UsageError, StoreMissing, RegistryError
+    return SpecError, DataError, UsageError, StoreMissing, RegistryError, BabysitError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,15 @@ def parse_sets(items: list[str], space: SearchSpace) -> dict:
 
 
 def _parse_set(item: str, space: SearchSpace) -> tuple[str, object]:
+    name, value = parse_set_item(item)
+    if name in space.names and space[name].is_tuned and not inside(space[name], value):
+        print(f"caviar: note: --set {name}={value!r} lies outside the search space "
+              f"{space[name].to_dict()}", file=sys.stderr)
+    return name, value
+
+
+def parse_set_item(item: str) -> tuple[str, object]:
+    """One ``NAME=VALUE``: a parameter the model has, a value its rule accepts."""
     rules = _rules()
     if "=" not in item:
         raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set lr=0.01")
@@ -126,13 +135,11 @@ def _parse_set(item: str, space: SearchSpace) -> tuple[str, object]:
     problem = rules[name].check(value)
     if problem:
         raise UsageError(f"--set {item!r}: {name} {problem}, got {value!r}")
-    if name in space.names and space[name].is_tuned and not _inside(space[name], value):
-        print(f"caviar: note: --set {name}={value!r} lies outside the search space "
-              f"{space[name].to_dict()}", file=sys.stderr)
     return name, value
 
 
-def _inside(p, value) -> bool:
+def inside(p, value) -> bool:
+    """A value within a tuned parameter's range, or among its choices."""
     d = p.to_dict()
     if "choice" in d:
         return value in d["choice"]

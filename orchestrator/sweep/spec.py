@@ -37,7 +37,7 @@ from searchspaces.yamlio import load_mapping
 BUILTIN_SPACES = Path(__file__).resolve().parents[2] / "searchspaces"
 
 TOP_KEYS = ("name", "description", "data", "model", "space", "strategy", "scheduler", "epochs",
-            "metric", "resources", "seed", "register", "tracking")
+            "metric", "resources", "seed", "register", "tracking", "babysit")
 SCHEDULER_KEYS = {
     "fifo": (),
     "asha": ("grace_epochs", "reduction_factor"),
@@ -98,6 +98,13 @@ class Tracking:
 
 
 @dataclass(frozen=True)
+class Babysit:
+    """``babysit:``: settings of a babysat run of this sweep (``caviar babysit``)."""
+
+    keep: int | None = None  # checkpoints kept per branch (None: every epoch's)
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A checked sweep file. ``space`` is loaded; ``model`` holds the net's fixed settings."""
 
@@ -114,6 +121,7 @@ class SweepSpec:
     seed: int
     register: Register | None = None
     tracking: Tracking = field(default_factory=Tracking)
+    babysit: Babysit = field(default_factory=Babysit)
     base_dir: str = "."  # the sweep file's folder, where relative paths are also looked for
 
     @property
@@ -136,6 +144,8 @@ class SweepSpec:
                "epochs": self.epochs, "metric": self.metric.to_dict(),
                "resources": self.resources.to_dict(), "seed": self.seed,
                "tracking": self.tracking.to_dict()}
+        if self.babysit.keep is not None:
+            out["babysit"] = {"keep": self.babysit.keep}
         if self.register is not None:
             out["register"] = {"name": self.register.name, "promote": self.register.promote}
         return out
@@ -289,6 +299,13 @@ def _register(raw: Mapping, source: str) -> Register | None:
     return Register(r["name"], flag(source, "register.promote", r.get("promote", False)))
 
 
+def _babysit(raw: Mapping, source: str) -> Babysit:
+    b = section(raw, "babysit", source)
+    only_keys(source, "babysit", b, ("keep",))
+    keep = b.get("keep")
+    return Babysit(None if keep is None else whole(source, "babysit.keep", keep))
+
+
 def parse_tracking(raw: Mapping, source: str, allowed=("experiment", "uri", "enabled")) -> Tracking:
     """The ``tracking:`` section (a re-tune file's allows no ``enabled``)."""
     t = section(raw, "tracking", source)
@@ -316,7 +333,8 @@ def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepS
                      strategy=strategy, scheduler=scheduler, epochs=epochs,
                      metric=_metric(raw, source), resources=_resources(raw, source),
                      seed=_seed(raw, source), register=_register(raw, source),
-                     tracking=parse_tracking(raw, source), base_dir=str(Path(base_dir)))
+                     tracking=parse_tracking(raw, source), babysit=_babysit(raw, source),
+                    base_dir=str(Path(base_dir)))
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

@@ -1,0 +1,63 @@
+"""The babysat run's learning curve: val_loss (and train_loss) by epoch for every
+branch, the current line solid and abandoned branches dashed, each nudge and revert
+marked at the epoch it took effect from. Logged to the parent run as ``curve.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.files import atomic_path
+from orchestrator.panda.lineage import Lineage
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen: the worker may run anywhere
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _line_points(lineage: Lineage, histories: dict, branch_id: str) -> list[tuple[int, float]]:
+    """(epoch, val_loss) along a branch, joined to the epoch it forked from."""
+    b = lineage.branch(branch_id)
+    points = sorted((e, m["val_loss"]) for e, m in histories.get(b.id, {}).items()
+                    if "val_loss" in m)
+    if b.parent is not None:
+        start = histories.get(lineage.owner(b.from_epoch, b.parent).id, {}).get(b.from_epoch)
+        if start and "val_loss" in start:
+            points.insert(0, (b.from_epoch, start["val_loss"]))
+    return points
+
+
+def plot_curve(lineage: Lineage, histories: dict[str, dict[int, dict]], out: Path) -> Path:
+    """Draws the curve into ``out`` (PNG, written atomically)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    current = {b.id for b in lineage.line()}
+    for b in lineage.branches:
+        points = _line_points(lineage, histories, b.id)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, "-" if b.id in current else "--", marker=".",
+                    alpha=1.0 if b.id in current else 0.5, label=f"{b.id} val_loss")
+    for e in lineage.events:
+        if e["kind"] in ("nudge", "revert"):
+            x = e["from_epoch"] - 0.5
+            what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in e.get("set", {}).items())
+            if e["kind"] == "revert":
+                what = f"revert to {e['to_branch']}@{e['to_epoch']}" + (f" {what}" if what else "")
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(what, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                        va="top", ha="right", fontsize=7)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val_loss")
+    ax.set_title(f"babysat run {lineage.name}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return out
