@@ -54,8 +54,9 @@ def where(launcher: str) -> dict:
     if launcher == "ray":
         import ray
 
-        out.update(node_ip=ray.util.get_node_ip_address(),
-                   node_id=ray.get_runtime_context().get_node_id())
+        context = ray.get_runtime_context()
+        out.update(node_ip=ray.util.get_node_ip_address(), node_id=context.get_node_id(),
+                   actor=context.get_actor_name())
     return out
 
 

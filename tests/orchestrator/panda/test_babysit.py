@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def babysat(tmp_path, no_outside_services):
 
 def test_a_nudge_is_in_effect_from_the_next_epoch_never_mid_epoch(babysat):
     b = babysat("--set", "lr=0.01")
+    assert os.getsid(b.pid()) == b.pid()  # its own session: a terminal's hangup misses it
     b.wait_epoch(2)
     # from another terminal, while it trains
     event = b.ask("nudge", "--set", "lr=0.05", "--set", "momentum=0.95", own_process=True)
@@ -279,7 +281,47 @@ def test_stop_registers_the_best_epoch_and_any_epoch_can_be_registered(babysat, 
                                        "branch": "b0"}
     done = b.cli("register", b.name, "bs-model", "--epoch", "1")
     assert done.returncode == 2 and "no checkpoint of epoch 1" in done.stderr
+    follow = b.cli("status", b.name, "--follow")  # a run that ended: one picture, then out
+    assert follow.returncode == 0 and "stopped" in follow.stdout and "revert to epoch" in \
+        follow.stdout
     listed = json.loads(b.cli("list", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listed] == [(b.name, "stopped")]
     files = {f.path for f in client.list_artifacts(b.record.run_id)}
     assert {"curve.png", "lineage.json", "babysit.json", "sweep.yaml"} <= files
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A Ray head with no CPU for work and one worker node: the actor lands on the node."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node = cluster.add_node(num_cpus=1)
+    yield cluster, node
+    cluster.shutdown()
+
+
+def test_on_a_cluster_a_detached_actor_trains_and_a_lost_node_restarts_it(
+        babysat, two_node_cluster):
+    cluster, node = two_node_cluster
+    b = babysat("--address", cluster.address)  # the starting command has exited by now
+    where = json.loads(b.tags()[WHERE])
+    assert where["launcher"] == "ray" and where["actor"] == f"babysit-{b.name}"
+    b.wait_epoch(3)
+    b.ask("nudge", "--set", "lr=0.02", own_process=True)  # no Ray needed to command it
+    cluster.add_node(num_cpus=1)
+    cluster.remove_node(node)  # the actor's node is lost mid-run: Ray restarts the actor
+    lost_at = b.epoch()
+    b.wait_epoch(lost_at + 3)
+    assert json.loads(b.tags()[WHERE])["node_id"] != where["node_id"]
+    b.ask("stop")
+    steps = b.steps("b0")
+    assert sorted(steps) == list(range(1, max(steps) + 1)), "an epoch was lost or logged twice"
+    assert [e["kind"] for e in b.record.lineage().events].count("worker") == 2
+    assert b.metric("b0", "hp_lr")[max(steps)] == 0.02  # the nudge outlived the node
+    probe = (f"import ray; ray.init(address={cluster.address!r}, logging_level='ERROR'); "
+             f"ray.get_actor('babysit-{b.name}', namespace='caviar')")
+    probe = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode != 0 and "Failed to look up actor" in probe.stderr  # it ended
