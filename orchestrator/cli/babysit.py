@@ -386,7 +386,8 @@ def _where_words(where: dict) -> str:
     return f"as process {where.get('pid')} on {where.get('host')}"
 
 
-def print_status(s: dict, out=sys.stdout) -> None:
+def print_status(s: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up now: the caller may have redirected it
     paused = " (paused)" if s["paused"] and s["state"] != "paused" else ""
     print(f"babysat run {s['name']!r}: {s['state']}{paused}, "
           f"epoch {s['epoch']} of {s['epochs']}, branch {s['branch']}\n  worker: {s['where']}",

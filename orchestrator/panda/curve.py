@@ -35,13 +35,20 @@ def plot_curve(lineage: Lineage, histories: dict[str, dict[int, dict]], out: Pat
     """Draws the curve into ``out`` (PNG, written atomically)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    current = {b.id for b in lineage.line()}
+    line = lineage.line()
+    kept_until = {b.id: (after.from_epoch if after else float("inf"))
+                  for b, after in zip(line, [*line[1:], None])}
     for b in lineage.branches:
         points = _line_points(lineage, histories, b.id)
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, "-" if b.id in current else "--", marker=".",
-                    alpha=1.0 if b.id in current else 0.5, label=f"{b.id} val_loss")
+        upto = kept_until.get(b.id, -1)  # the current line: solid; what was left: dashed
+        on = [p for p in points if p[0] <= upto]
+        off = [p for p in points if p[0] >= upto] if upto >= 0 else points
+        for part, style in ((on, "-"), (off, "--")):
+            if len(part) > 1 or (part and style == "-"):
+                xs, ys = zip(*part)
+                ax.plot(xs, ys, style, marker=".", alpha=1.0 if style == "-" else 0.5,
+                        color=f"C{int(b.id[1:]) % 10}",
+                        label=f"{b.id} val_loss" + (" (left)" if style == "--" else ""))
     for e in lineage.events:
         if e["kind"] in ("nudge", "revert"):
             x = e["from_epoch"] - 0.5
