@@ -91,10 +91,22 @@ def cmd_start(args) -> int:
         raise BabysitError(f"a babysat run named {name!r} exists in {uri}: pick another "
                            f"--name, or continue it with `caviar babysit start --resume {name}`")
     load(DataSpec(**config["data"]), config["base_dir"])  # bad data: exit 2 before anything
+    if args.address:  # a run no node can hold: exit 2 before anything too
+        from orchestrator.cluster.connect import check_resources, connect
+
+        connect(args.address)
+        check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
     record = Record.create(uri, args.workdir, spec.tracking.experiment or spec.name,
                            {"name": name, **config})
-    record.client.log_artifact(record.run_id, spec.source)
-    return _launch(args, record, name, config)
+    try:
+        record.client.log_artifact(record.run_id, spec.source)
+        code = _launch(args, record, name, config)
+    except BaseException:
+        record.forget()
+        raise
+    if code != EXIT_OK:
+        record.forget()
+    return code
 
 
 def _launch(args, record, name: str, config: dict) -> int:

@@ -208,6 +208,14 @@ class Record:
                 out.setdefault(m.step, {"epoch": m.step})[key] = m.value
         return out
 
+    def forget(self) -> None:
+        """Deletes a run that never started (its worker failed to): the name is free
+        again and no half-made record is left behind."""
+        for run in self.client.search_runs(
+                [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'"):
+            self.client.delete_run(run.info.run_id)
+        self.client.delete_run(self.run_id)
+
     def end_branch(self, branch: Branch, status: str) -> None:
         branch.status = status
         self.client.set_tag(branch.run_id, "caviar.status", status)

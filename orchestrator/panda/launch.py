@@ -43,15 +43,28 @@ def log_path(workdir, name: str) -> Path:
 
 
 def launch(record: Record, name: str, workdir, address: str | None, resources: dict) -> None:
-    """Starts the worker and waits until it has taken up the run."""
+    """Starts the worker and waits until it has taken up the run; one that does not
+    (or a Ctrl-C meanwhile) is stopped again, so nothing runs that the caller gave up on."""
     record.set_tags(**{channel.STATE: "starting"})
     record.client.update_run(record.run_id, status="RUNNING")
     if address:
-        _launch_ray(record, name, address, resources)
-        _wait_started(record, None, None)
+        actor = _launch_ray(record, name, address, resources)
+        stop = lambda: _kill(actor)  # noqa: E731
+        proc = log = None
     else:
         proc, log = _launch_local(record, name, workdir)
+        stop = proc.kill
+    try:
         _wait_started(record, proc, log)
+    except BaseException:
+        stop()
+        raise
+
+
+def _kill(actor) -> None:
+    import ray
+
+    ray.kill(actor, no_restart=True)
 
 
 def _launch_local(record: Record, name: str, workdir) -> tuple[subprocess.Popen, Path]:
@@ -116,14 +129,13 @@ def actor_name(name: str) -> str:
     return f"babysit-{name}"
 
 
-def _launch_ray(record: Record, name: str, address: str, resources: dict) -> None:
+def _launch_ray(record: Record, name: str, address: str, resources: dict):
     import ray
 
-    from orchestrator.cluster.connect import check_resources, connect
+    from orchestrator.cluster.connect import connect
 
     connect(address)
     cpu, gpu = float(resources["cpu"]), float(resources["gpu"])
-    check_resources(cpu, gpu, "the sweep file")
     try:
         ray.get_actor(actor_name(name), namespace=NAMESPACE)
         raise BabysitError(f"an actor {actor_name(name)!r} already runs on the cluster at "
@@ -134,7 +146,12 @@ def _launch_ray(record: Record, name: str, address: str, resources: dict) -> Non
         name=actor_name(name), namespace=NAMESPACE, lifetime="detached", num_cpus=cpu,
         num_gpus=gpu, max_restarts=RESTARTS).remote(record.uri, record.run_id,
                                                     max(1, int(cpu)))
-    ray.get(actor.ready.remote(), timeout=STARTUP_S)
+    try:
+        ray.get(actor.ready.remote(), timeout=STARTUP_S)
+    except BaseException:
+        _kill(actor)
+        raise
+    return actor
 
 
 def alive(tags: dict) -> tuple[bool, str]:

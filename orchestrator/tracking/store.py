@@ -7,6 +7,7 @@ MLFLOW_TRACKING_URI or a file's ``tracking.uri`` names a server or database.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def ensure_sqlite_store(uri: str) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("mlflow.store.db.utils", "alembic"):  # its migrations' INFO lines
+        logging.getLogger(name).setLevel(logging.WARNING)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     from mlflow import MlflowClient

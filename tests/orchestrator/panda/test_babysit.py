@@ -31,7 +31,7 @@ def write(tmp_path: Path, name: str = "sweep.yaml", **overrides) -> Path:
                                                  "n_features": 8, "classes": 3},
                    space={"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
                           "momentum": {"scale": "reverse_log", "low": 0.5, "high": 0.99},
-                          "hidden_units": {"fixed": 16},
+                          "hidden_units": {"fixed": 16}, "batch_size": {"fixed": 32},
                           "optimizer": {"fixed": "momentum"}})
     d.update(overrides)
     path = tmp_path / name
@@ -42,19 +42,20 @@ def write(tmp_path: Path, name: str = "sweep.yaml", **overrides) -> Path:
 class Babysat:
     """One babysat run started by ``caviar babysit start`` in a process of its own."""
 
-    def __init__(self, tmp_path: Path, *start_args: str):
-        self.workdir = tmp_path / "runs"
+    def __init__(self, tmp_path: Path, *start_args: str, uri: str | None = None):
+        self.workdir, self.uri = tmp_path / "runs", uri
         self.sweep = write(tmp_path)
         done = self.cli("start", self.sweep, "--epoch-delay", DELAY, *start_args)
         assert done.returncode == 0, done.stderr
         self.name = done.stdout.strip()
-        self.record = Record.find(embedded_uri(self.workdir), self.name)
+        self.record = Record.find(uri or embedded_uri(self.workdir), self.name)
 
     def cli(self, *args, own_process: bool = False):
         """``caviar babysit ARGS``: in its own process (as from another terminal) when
         asked or when it starts a worker, else in this one (the same code, without
         a second's start-up per command)."""
-        argv = ["babysit", *map(str, args), "--workdir", str(self.workdir)]
+        argv = ["babysit", *map(str, args), "--workdir", str(self.workdir),
+                *(["--tracking-uri", self.uri] if self.uri else [])]
         if own_process or args[0] == "start":
             return caviar(*argv, timeout=240)
         out, err = io.StringIO(), io.StringIO()
@@ -107,8 +108,8 @@ class Babysat:
 def babysat(tmp_path, no_outside_services):
     runs = []
 
-    def start(*args: str) -> Babysat:
-        runs.append(Babysat(tmp_path, *args))
+    def start(*args: str, uri: str | None = None) -> Babysat:
+        runs.append(Babysat(tmp_path, *args, uri=uri))
         return runs[-1]
 
     yield start
@@ -235,6 +236,9 @@ def test_commands_to_a_run_refuse_what_it_cannot_take(babysat):
     for args, fragment in [
         (("nudge", b.name, "--set", "lr=0.9"), "has lr in [0.001, 0.3]"),
         (("nudge", b.name, "--set", "hidden_units=8"), "shapes the net"),
+        (("nudge", b.name, "--set", "batch_size=64"), "fixes batch_size at 32"),
+        (("nudge", b.name, "--set", "lr_decay=0.1"), "has no parameter 'lr_decay'"),
+        (("nudge", b.name, "--set", "momentun=0.9"), "did you mean 'momentum'"),
         (("nudge", "nobody", "--set", "lr=0.01"), "no babysat run 'nobody'"),
         (("revert", b.name, "--epoch", "9999"), "no checkpoint of epoch 9999"),
         (("revert", b.name, "--epoch", "1", "--branch", "b7"), "has no branch 'b7'"),
@@ -303,9 +307,15 @@ def two_node_cluster(monkeypatch):
 
 
 def test_on_a_cluster_a_detached_actor_trains_and_a_lost_node_restarts_it(
-        babysat, two_node_cluster):
+        babysat, two_node_cluster, tmp_path):
     cluster, node = two_node_cluster
+    too_big = write(tmp_path, "big.yaml", resources={"cpu": 4})
+    done = caviar("babysit", "start", too_big, "--address", cluster.address, "--workdir",
+                  tmp_path / "runs", timeout=240)
+    assert done.returncode == 2
+    assert_one_paragraph_error(done.stderr, "no node of the cluster has that much")
     b = babysat("--address", cluster.address)  # the starting command has exited by now
+    assert [r["name"] for r in json.loads(b.cli("list", "--json").stdout)] == [b.name]
     where = json.loads(b.tags()[WHERE])
     assert where["launcher"] == "ray" and where["actor"] == f"babysit-{b.name}"
     b.wait_epoch(3)
@@ -325,3 +335,25 @@ def test_on_a_cluster_a_detached_actor_trains_and_a_lost_node_restarts_it(
     probe = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            timeout=120)
     assert probe.returncode != 0 and "Failed to look up actor" in probe.stderr  # it ended
+
+
+def test_on_a_tracking_server_the_server_is_all_the_run_and_its_commands_share(
+        babysat, tmp_path):
+    from mlflow import MlflowClient
+    from services import Server
+
+    server = Server(tmp_path)
+    server.start()
+    try:
+        b = babysat("--keep", "1", uri=server.url)
+        b.wait_epoch(3)
+        b.ask("nudge", "--set", "lr=0.02")
+        b.ask("stop", "--register", "served")
+        assert not (b.workdir / "mlflow.db").exists()  # nothing went through a local file
+        b0 = b.record.lineage().branch("b0")
+        held = b.record.checkpoint_epochs(b0)
+        assert held == [0, b.epoch()]  # keep: 1 deleted the others through the server
+        client = MlflowClient(server.url, registry_uri=server.url)
+        assert client.get_model_version("served", "1").tags["caviar.babysit"] == b.name
+    finally:
+        server.stop()
