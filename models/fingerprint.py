@@ -13,12 +13,26 @@ Class drift is the total variation distance between the class frequencies.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
 QUANTILES = np.linspace(0.1, 0.9, 9)  # deciles: ten bins
 FLOOR = 1e-4  # an empty bin's share, so that ln() stays finite
+
+
+def digest(data) -> str:
+    """A sha256 of exactly what the trainer sees: every split's standardised rows and
+    labels, and the class labels. One value changed in the data file changes it (and so
+    does another split or normalisation): a re-run compares it before trusting a match."""
+    h = hashlib.sha256()
+    for a in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(repr([str(c) for c in data.classes]).encode())
+    return h.hexdigest()
 
 
 def raw_rows(data) -> tuple[np.ndarray, np.ndarray]:

@@ -32,9 +32,12 @@ MAY_IMPORT = {
     "orchestrator.panda": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
                            "orchestrator.tracking", "orchestrator.cluster",
                            "orchestrator.sweep"},
+    # a trial rebuilt from its record: the tracking store, the trainer, Ray for --address
+    "orchestrator.rerun": {"searchspaces", "models", "orchestrator", "orchestrator.tracking",
+                           "orchestrator.cluster"},
     "orchestrator.cli": {"searchspaces", "models", "orchestrator", "orchestrator.strategies",
                          "orchestrator.tracking", "orchestrator.cluster", "orchestrator.sweep",
-                         "orchestrator.retune", "orchestrator.panda"},
+                         "orchestrator.retune", "orchestrator.panda", "orchestrator.rerun"},
 }
 # Third-party frameworks a package must not touch (DESIGN.md: models and search spaces
 # know nothing of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking).

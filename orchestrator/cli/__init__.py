@@ -6,6 +6,7 @@
 - ``retune``: retune
 - ``babysit``: babysit start|status|nudge|pause|resume|revert|stop|list|register
 - ``plan``: plan
+- ``rerun``: rerun
 
 Each handler parses, calls into the packages below and maps errors to exit codes:
 0 done; 1 failure (a bug or the environment: the message says which); 2 bad input
@@ -19,7 +20,8 @@ import argparse
 import os
 import sys
 
-from orchestrator.cli import babysit, models, plan, retune, spaces, sweeps
+from orchestrator import caviar_version
+from orchestrator.cli import babysit, models, plan, rerun, retune, spaces, sweeps
 from orchestrator.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -37,16 +39,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", 
 COMMANDS = (spaces.add_validate, spaces.add_sample, spaces.add_train, sweeps.add_sweep,
             sweeps.add_sync, sweeps.add_ui, models.add_predict, sweeps.add_submit,
             retune.add_retune, models.add_promote, models.add_rollback,
-            babysit.add_babysit, plan.add_plan)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("caviar")
-    except PackageNotFoundError:  # run from a source tree without installing
-        return "unknown"
+            babysit.add_babysit, plan.add_plan, rerun.add_rerun)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                "interrupted. "
                "Set CAVIAR_DEBUG=1 to see tracebacks of failures.",
     )
-    parser.add_argument("--version", action="version", version=f"caviar {_version()}")
+    parser.add_argument("--version", action="version", version=f"caviar {caviar_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = workdir_parent()
     for add in COMMANDS:
@@ -69,11 +62,13 @@ def _bad_input() -> tuple[type[Exception], ...]:
     """What a handler may raise that is the user's input, not a failure: exit 2."""
     from models.data import DataError
     from orchestrator.panda.channel import BabysitError
+    from orchestrator.rerun.recipe import RerunError
     from orchestrator.tracking.registry import RegistryError
     from orchestrator.tracking.store import StoreMissing
     from searchspaces import SpecError
 
-    return SpecError, DataError, UsageError, StoreMissing, RegistryError, BabysitError
+    return (SpecError, DataError, UsageError, StoreMissing, RegistryError, BabysitError,
+            RerunError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,10 +207,13 @@ def cmd_train(args) -> int:
           f"/ {len(data.x_test)} test rows, {data.n_features} features, {data.n_classes} "
           f"classes", file=sys.stderr)
     print("caviar: config " + json.dumps(config), file=sys.stderr)
+    # A trial gets one torch thread per CPU it holds: the same here, so this run repeats a
+    # trial's to the last digit (another thread count sums in another order).
+    threads = args.threads or (max(1, int(sweep.resources.cpu)) if sweep is not None else 1)
     with _ctrl_c() as stop:
         result = fit(data, model_config, hparams, epochs=epochs, seed=seed,
                      device=args.device, callback=_progress(epochs, stop),
-                     num_threads=args.threads)
+                     num_threads=threads)
     m = result.metrics
     print(json.dumps(json_safe({
         "status": result.status, "epochs": result.epochs, "train_loss": m.get("train_loss"),
@@ -265,5 +268,6 @@ def add_train(sub, common) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's own choice)")
+                   help="torch CPU threads (default: as a trial gets, one per CPU of the "
+                   "sweep's resources.cpu; 1 for a space file)")
     p.set_defaults(func=cmd_train)

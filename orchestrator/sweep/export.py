@@ -32,7 +32,20 @@ def sweep_artifacts(sweep_dir: str | Path, model: bool = True) -> list[Path]:
     return [d / SUMMARY_FILE, d / TRIALS_CSV, d / PLOTS_DIR, *([d / MODEL_DIR] if model else [])]
 
 
-def start_tracking(spec, paths, tracking_uri: str | None, budget: int) -> MlflowSink | None:
+def data_params(spec, data) -> dict:
+    """What a re-run rebuilds the data from: the data section (a file's path made
+    absolute) and the digest of what the trainer saw."""
+    from models.data import FILE_SOURCES, resolve_path
+    from models.fingerprint import digest
+
+    d = spec.data.to_dict()
+    if spec.data.source in FILE_SOURCES:
+        d["path"] = str(resolve_path(spec.data.path, spec.base_dir))
+    return {"data.spec": json.dumps(d), "data.sha256": digest(data)}
+
+
+def start_tracking(spec, paths, tracking_uri: str | None, budget: int,
+                   data=None) -> MlflowSink | None:
     """The sweep's MLflow sink with its parent run's params and tags, or None when
     tracking is off. The parent run is made by the sync thread (a fresh sqlite store
     takes seconds to create): the sweep does not wait for MLflow, and goes on if it is
@@ -46,7 +59,8 @@ def start_tracking(spec, paths, tracking_uri: str | None, budget: int) -> Mlflow
               "budget": budget, "seed": spec.seed, "epochs": spec.epochs,
               "metric": spec.metric.name, "data": spec.data.source,
               **{f"strategy.{k}": v for k, v in to_dict(spec.strategy).items() if k != "kind"},
-              **{f"model.{k}": v for k, v in spec.model.items()}}
+              **{f"model.{k}": v for k, v in spec.model.items()},
+              **(data_params(spec, data) if data is not None else {})}
     tags = {"mlflow.runName": spec.name, "caviar.sweep": spec.name,
             **{f"caviar.hw.{k}": str(v) for k, v in hardware_fingerprint().items()}}
     sink.prepare(params, tags)

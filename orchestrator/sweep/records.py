@@ -24,7 +24,7 @@ from searchspaces.trial import ROUND_KEY
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
             "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",
             "node_id", "gpu_ids", "device", "gpu_name", "pid", "gpu_model", "gpu_count",
-            "cpu_model", "cpu_count", "torch", "cuda")
+            "cpu_model", "cpu_count", "torch", "cuda", "threads", "numpy", "caviar_version")
 
 
 def _clean(v):

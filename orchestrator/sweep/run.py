@@ -170,7 +170,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
           f"scheduler {spec.scheduler.kind}, {spec.epochs} epochs, metric {spec.metric.name} "
           f"({spec.metric.mode}); {'resuming' if resume else 'records in'} {paths.dir}",
           file=stream, flush=True)
-    sink = export.start_tracking(spec, paths, tracking_uri, strategy.budget)
+    sink = export.start_tracking(spec, paths, tracking_uri, strategy.budget, data)
     thread = SyncThread(sink, stream=stream).start() if sink else None
     try:
         results = tuner.fit()

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -29,6 +30,7 @@ from ray import tune
 from models.config import split_config
 from models.objective import Objective
 from models.train import fit, load_checkpoint
+from orchestrator import caviar_version
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.sweep.records import ORPHANS
 from searchspaces.trial import SEED_KEY, hyperparameters
@@ -129,14 +131,17 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
 BEST_FILE = "best.pt"  # the trial's checkpoint at its best epoch (the sweep's metric)
 
 
-def node_info(device: str) -> dict:
-    """Where the trial runs, reported with every epoch (and tagged on its MLflow run)."""
+def node_info(device: str, threads: int) -> dict:
+    """Where the trial runs and what a bit-identical re-run needs besides its config
+    (torch threads, device, versions), reported with every epoch (and tagged on its
+    MLflow run)."""
     return {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-            "device": device,
+            "device": device, "threads": threads,
             "gpu_name": torch.cuda.get_device_name(0) if device == "cuda" else "",
-            "pid": os.getpid(), **hardware_fingerprint()}
+            "pid": os.getpid(), "numpy": np.__version__, "caviar_version": caviar_version(),
+            **hardware_fingerprint()}
 
 
 class _Reporter:
@@ -215,8 +220,8 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
     own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
     if own_dir is not None:
         own_dir.mkdir(parents=True, exist_ok=True)
-    device = _device()
-    reporter = _Reporter(epochs, tune_checkpoints, node_info(device))
+    device, threads = _device(), max(1, int(cpus))
+    reporter = _Reporter(epochs, tune_checkpoints, node_info(device, threads))
     reporter.replay(replay, resume)
     keeper = _BestKeeper(own_dir, objective or Objective(), resume)
 
@@ -225,4 +230,4 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         reporter.report(metrics, run.save_checkpoint)
 
     fit(data, model_config, hparams, epochs=epochs, seed=seed, device=device,
-        callback=on_epoch, resume_from=resume, num_threads=max(1, int(cpus)))
+        callback=on_epoch, resume_from=resume, num_threads=threads)

@@ -31,7 +31,7 @@ SWEEP_KEYS = ("parent_params", "parent_tags", "sweep_uid")  # in STATE_FILE, wha
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "samples_per_second")
 NODE_TAGS = ("node_id", "node_ip", "hostname", "device", "gpu_name", "gpu_model", "gpu_count",
-             "cpu_model", "cpu_count", "torch", "cuda")
+             "cpu_model", "cpu_count", "torch", "cuda", "threads", "numpy", "caviar_version")
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FINISHED",
               "failed": "FAILED"}
 

@@ -61,3 +61,16 @@ def test_constant_features_and_another_width_are_handled():
     assert drift(fp, x, y, CLASSES)["psi"]["f0"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="6"):
         drift(fp, x[:, :4], y, CLASSES)
+
+
+def test_the_digest_is_stable_and_changes_with_one_value():
+    from models.data import DataSpec, load
+    from models.fingerprint import digest
+
+    spec = DataSpec(source="synthetic", size=200, n_features=4, classes=2)
+    a, b = load(spec), load(spec)
+    assert digest(a) == digest(b) and len(digest(a)) == 64
+    b.x_train[3, 1] += 1e-6
+    assert digest(a) != digest(b)
+    assert digest(load(DataSpec(source="synthetic", size=200, n_features=4, classes=2,
+                                seed=1))) != digest(a)

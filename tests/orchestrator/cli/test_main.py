@@ -29,7 +29,7 @@ from orchestrator.tracking.registry import Lock
 from orchestrator.tracking.store import ensure_sqlite_store
 
 COMMANDS = ["validate", "sample", "train", "sweep", "sync", "ui", "predict", "submit", "retune",
-            "promote", "rollback", "babysit", "plan"]
+            "promote", "rollback", "babysit", "plan", "rerun"]
 TINY_DATA = {"source": "synthetic", "size": 300, "n_features": 6, "classes": 3}
 
 
