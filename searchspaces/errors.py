@@ -15,7 +15,19 @@ class SpecError(ValueError):
         self.where = where
         self.message = message
         prefix = source if not where else f"{source}: {where}"
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        super().__init__(readable(f"{prefix}: {message}" if prefix else message))
+
+
+MAX_MESSAGE = 600  # characters: a value quoted whole (a huge list, a file's line) is cut
+
+
+def readable(message: str) -> str:
+    """The message, its middle cut when a quoted value made it longer than a paragraph:
+    the file and key at its start and the rule at its end are kept."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    cut = len(message) - MAX_MESSAGE + 40
+    return f"{message[:360]} ... ({cut:,} characters cut) ... {message[-200:]}"
 
 
 def did_you_mean(name: object, known) -> str:

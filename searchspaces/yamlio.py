@@ -13,9 +13,53 @@ import yaml
 
 from searchspaces.errors import SpecError
 
+MAX_NODES = 20_000  # a file's values once aliases are expanded; caviar's files hold hundreds
+
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """Also refuses what PyYAML lets through: a key twice in one mapping (the last one
+    silently won: ``epochs`` twice gave 500 epochs), and aliases that expand to a huge
+    document (a 1 KB "billion laughs" would fill memory once printed or copied)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" overrides on purpose
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # an unhashable key: the constructor reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {str(key)[:60]!r} (first given on line "
+                        f"{seen[key] + 1}): give each key once", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand to more than {MAX_NODES:,} values",
+                node.start_mark)
+        return node
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """How many nodes the document has with every alias written out (memoised per node:
+    the walk is as long as the file, however far the aliases would expand)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a cycle counts once (PyYAML builds it as a recursive object)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_NODES + 1)
+    return memo[id(node)]
 
 
 _Loader.add_implicit_resolver(
