@@ -111,7 +111,12 @@ def load(spec: DataSpec, base_dir: str | Path | None = None) -> Dataset:
         raise DataError(f"data: key 'source': must be one of {', '.join(SOURCES)}, "
                         f"got {spec.source!r}")
     x, y, names = _read(spec, base_dir)
-    return prepare(x, y, names, spec.val_fraction, spec.test_fraction, spec.seed)
+    try:
+        return prepare(x, y, names, spec.val_fraction, spec.test_fraction, spec.seed)
+    except DataError as e:
+        if spec.source not in FILE_SOURCES:
+            raise
+        raise DataError(f"{resolve_path(spec.path, base_dir)}: {e}") from None  # which file
 
 
 def resolve_path(path: str, base_dir: str | Path | None) -> Path:
@@ -210,7 +215,8 @@ def _read_table(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, lis
     frame = read_frame(path, spec.source)
     if spec.label not in frame.columns:
         raise DataError(f"{path}: no label column {spec.label!r}; the columns are "
-                        + ", ".join(map(str, frame.columns)))
+                        + _some(frame.columns) + " (a file without a header row has its "
+                        "first row taken as the column names)")
     if len(frame) == 0:
         raise DataError(f"{path}: the file has a header but no rows")
     y = frame[spec.label].to_numpy()
@@ -282,6 +288,14 @@ def prepare(
     x_te, y_te = standardise(split["test"])
     return Dataset(x_tr, y_tr, x_va, y_va, x_te, y_te, mean.astype(np.float32),
                    std.astype(np.float32), [_plain(c) for c in classes], list(names))
+
+
+def _some(names, show: int = 8, width: int = 30) -> str:
+    """A few column names, each cut short: a header row may be anything (a first row of
+    data, one very long line), and an error quoting all of it is no longer readable."""
+    names = [str(n) if len(str(n)) <= width else str(n)[:width] + "..." for n in names]
+    more = f", and {len(names) - show} more" if len(names) > show else ""
+    return ", ".join(repr(n) for n in names[:show]) + more
 
 
 def _plain(v):

@@ -14,11 +14,12 @@ def _model_dir(model: str, tracking_uri: str | None, workdir: str) -> Path:
     """A model folder as it is, else the files of a model URI from the registry."""
     from models.serving import META
     from orchestrator.tracking.registry import download_model
-    from orchestrator.tracking.store import resolve_uri
+    from orchestrator.tracking.store import check_store, resolve_uri
 
     if (Path(model) / META).is_file():
         return Path(model)
     uri = resolve_uri(tracking_uri, None, workdir)
+    check_store(uri)  # a --workdir without a store: exit 2, and no empty store made there
     try:
         model_dir = download_model(uri, model)
     except Exception as e:  # noqa: BLE001 - an unknown name, version or alias

@@ -4,6 +4,7 @@ its records written to MLflow, and the MLflow UI to browse them."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def cmd_sync(args) -> int:
 def cmd_ui(args) -> int:
     """The MLflow UI for the embedded store, on 127.0.0.1, until Ctrl-C."""
     from orchestrator.tracking.store import embedded_uri
-    from orchestrator.tracking.ui import PortTaken, start_ui
+    from orchestrator.tracking.ui import PortTaken, start_ui, stop_ui
 
     try:
         server, url, pages = start_ui(args.workdir, args.port)
@@ -57,12 +58,17 @@ def cmd_ui(args) -> int:
           file=sys.stderr, flush=True)
     for line in pages:
         print(line, file=sys.stderr, flush=True)
+    def on_term(signum, frame):  # `kill`, systemd, a closed terminal: as Ctrl-C
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
     try:
         return server.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        server.wait(timeout=30)
         return EXIT_OK
+    finally:
+        stop_ui(server)  # the server's whole process group, whatever ended the wait
 
 
 def cmd_submit(args) -> int:

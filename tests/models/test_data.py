@@ -236,13 +236,14 @@ def test_missing_file_relative_says_where_it_looked(tmp_path):
 
 def test_missing_label_column_lists_the_columns(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,b,kind\n" + _rows())
-    with pytest.raises(DataError, match=r"no label column 'y'; the columns are a, b, kind"):
+    with pytest.raises(DataError,
+                       match=r"no label column 'y'; the columns are 'a', 'b', 'kind' \(a file"):
         load(DataSpec(source="csv", path=path, label="y"))
 
 
 def test_missing_label_column_parquet(tmp_path):
     _pets().to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(DataError, match=r"no label column 'label'.*weight, age, kind"):
+    with pytest.raises(DataError, match=r"no label column 'label'.*'weight', 'age', 'kind'"):
         load(DataSpec(source="parquet", path=str(tmp_path / "p.parquet"), label="label"))
 
 
@@ -378,3 +379,20 @@ def test_bad_synthetic_spec(d, match):
     spec = DataSpec.from_dict({"source": "synthetic", **d})
     with pytest.raises(DataError, match=match):
         load(spec)
+
+
+def test_a_long_or_headerless_first_line_is_not_echoed_whole(tmp_path):
+    header = ",".join(f"{0.123456789 * i:.9f}" for i in range(60)) + ",9\n"
+    path = _write_csv(tmp_path / "no-header.csv", header + header)
+    with pytest.raises(DataError) as e:
+        load(DataSpec(source="csv", path=path, label="label"))
+    message = str(e.value)
+    assert "and 53 more" in message and len(message) < 400
+    assert "first row taken as the column names" in message
+
+
+def test_errors_about_the_rows_name_the_file(tmp_path):
+    path = _write_csv(tmp_path / "holes.csv", "a,b,y\n" + "".join(
+        f"{i},{'' if i == 4 else i},{i % 2}\n" for i in range(12)))
+    with pytest.raises(DataError, match=r"holes.csv: feature 'b' has 1 NaN or infinite"):
+        load(DataSpec(source="csv", path=path, label="y"))

@@ -129,8 +129,9 @@ class Server:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(  # without MLflow's job runner, which caviar never uses
+                self.cmd, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         wait_healthy(self.url, self.proc, log=self.log)
 
     def stop(self, sig=signal.SIGTERM) -> None:

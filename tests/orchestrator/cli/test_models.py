@@ -189,6 +189,17 @@ def test_predict_a_models_uri_the_store_lacks_is_bad_input(capsys, trained, tmp_
     assert_one_paragraph_error(err, f"models:/ghost/1: cannot be fetched from {trained['uri']}")
 
 
+def test_predict_a_models_uri_with_a_workdir_holding_no_store_creates_none(capsys, trained,
+                                                                           tmp_path):
+    path = tmp_path / "rows.npz"
+    np.savez(path, X=trained["x"])
+    code, out, err = run_main(capsys, "predict", "models:/m/1", path, "--workdir",
+                              tmp_path / "fresh")
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, "no MLflow store at sqlite:///", "pass --tracking-uri")
+    assert not (tmp_path / "fresh" / "mlflow.db").exists()
+
+
 # --- promote and rollback -----------------------------------------------------------------
 
 def test_promote_then_rollback_move_production_and_previous(capsys, trained, registered):

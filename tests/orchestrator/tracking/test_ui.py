@@ -84,3 +84,55 @@ def test_caviar_ui_without_a_store_says_so(tmp_path):
     assert ran.returncode == 2 and "no MLflow store here" in ran.stderr
 
 
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (read from /proc): pid -> command line."""
+    from pathlib import Path
+
+    parents, cmds = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)], cmds[int(stat.parent.name)] = int(fields[1]), cmd
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in out:
+                out[child] = cmds[child]
+                todo.append(child)
+    return out
+
+
+def test_sigterm_to_caviar_ui_stops_every_process_it_started(ui):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
+                             str(ui["workdir"]), "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        tree = _descendants(proc.pid)
+        assert tree, "the MLflow server runs below caviar ui"
+        assert not [c for c in tree.values() if "huey" in c or "_job_runner" in c], \
+            "MLflow's job runner started"
+        proc.send_signal(signal.SIGTERM)  # to caviar ui alone, as `kill PID` sends it
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    import time
+
+    for _ in range(40):
+        left = [p for p in tree if os.path.exists(f"/proc/{p}")]
+        if not left:
+            break
+        time.sleep(0.25)
+    assert not left, f"left running: {[tree[p] for p in left]}"
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is still held"
