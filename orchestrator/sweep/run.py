@@ -77,7 +77,7 @@ def trial_dirname(trial) -> str:
 
 def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -> None:
     """A resume needs a sweep to resume; a new sweep needs its name free, or ``fresh``
-    (then the old one is moved aside, stamped with the time)."""
+    (then the old one is moved aside by ``move_aside``). Checks only: changes nothing."""
     if resume:
         if not tune.Tuner.can_restore(str(paths.experiment)):
             raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir} "
@@ -89,6 +89,11 @@ def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -
         raise SweepError(f"sweep {spec.name!r} already exists in {paths.workdir}: "
                          "--resume to continue it, --fresh to start over (the old one is "
                          "moved aside), or change 'name'")
+
+
+def move_aside(paths: SweepPaths) -> None:
+    """``--fresh``: the earlier sweep of the name moved aside, stamped with the time. Done
+    only once the whole input is checked: a bad data file must not cost the old sweep."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for p in (paths.experiment, paths.dir):
         if p.exists():
@@ -162,6 +167,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
     connect(address)
     check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
+    if fresh and not resume:
+        move_aside(paths)
     paths.dir.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(spec.strategy, spec.space, spec.metric.name, spec.metric.mode,
                              spec.seed, state_file=paths.dir / STATE_FILE)

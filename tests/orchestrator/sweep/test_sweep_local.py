@@ -98,6 +98,27 @@ def test_an_existing_sweep_needs_resume_or_fresh(write_sweep, tmp_path):
 
 
 @pytest.mark.usefixtures("ray_shutdown")
+def test_fresh_with_bad_input_leaves_the_old_sweep_where_it_was(write_sweep, tmp_path):
+    from models.data import DataError
+    from searchspaces import SpecError
+
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
+    run_sweep(spec, tmp_path / "w")
+    before = sorted(p.name for p in (tmp_path / "w").iterdir())
+    bad_data = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1,
+                                      data={"source": "csv", "path": "gone.csv",
+                                            "label": "y"}))
+    with pytest.raises(DataError, match="gone.csv: no such file"):
+        run_sweep(bad_data, tmp_path / "w", fresh=True)
+    too_big = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1,
+                                     resources={"cpu": 999}))
+    with pytest.raises(SpecError, match="no node of the cluster has that much"):
+        run_sweep(too_big, tmp_path / "w", fresh=True)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == before  # nothing moved
+    assert run_sweep(spec, tmp_path / "w", resume=True)["trials"]["total"] == 1
+
+
+@pytest.mark.usefixtures("ray_shutdown")
 def test_a_sweep_whose_snapshot_names_code_this_caviar_lacks_is_refused_clearly(write_sweep,
                                                                                  tmp_path):
     """Tune pickles caviar's functions by module and name into tuner.pkl; a sweep started
