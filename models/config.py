@@ -71,12 +71,13 @@ class Rule:
         if self.type is bool:
             return "a bool (true or false)"
         if self.type not in (int, float):
-            return f"a {self.type.__name__}"
+            return f"{'an' if self.type.__name__[0] in 'aeiou' else 'a'} {self.type.__name__}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open or self.high is None else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"a {self.type.__name__} in {left}{low}, {high}{right}"
+        article = "an" if self.type.__name__[0] in "aeiou" else "a"
+        return f"{article} {self.type.__name__} in {left}{low}, {high}{right}"
 
     def check(self, value: object) -> str | None:
         """Returns None when ``value`` is acceptable, else the rule it breaks."""
@@ -105,7 +106,9 @@ class Rule:
 
 # Every parameter a search space may name, with the values the model accepts.
 RULES: dict[str, Rule] = {
-    "hidden_units": Rule(int, low=1),
+    # 8192 units: a hidden layer of 67 M weights (0.27 GB, three times that with Adam);
+    # more is a typo (1e8 tried to allocate 25 GB), not a net this trainer is for.
+    "hidden_units": Rule(int, low=1, high=8192),
     "layers": Rule(int, low=1, high=64),
     "batch_norm": Rule(bool),
     "activation": Rule(str, choices=ACTIVATIONS),

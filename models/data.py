@@ -19,6 +19,7 @@ import numpy as np
 
 SOURCES = ("digits", "synthetic", "csv", "parquet", "npz")
 FILE_SOURCES = ("csv", "parquet", "npz")
+MAX_SYNTHETIC_CELLS = 250_000_000  # rows x features: 2 GB of float64 while it is made
 
 
 class DataError(ValueError):
@@ -65,6 +66,12 @@ class DataSpec:
             v = getattr(spec, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise DataError(f"{where}: key {key!r}: must be a whole number >= 0, got {v!r}")
+        cells = spec.size * spec.n_features
+        if spec.source == "synthetic" and cells > MAX_SYNTHETIC_CELLS:
+            raise DataError(f"{where}: synthetic data of {spec.size:,} rows x "
+                            f"{spec.n_features:,} features takes about {cells * 8 / 1e9:.1f} "
+                            f"GB as it is made; at most {MAX_SYNTHETIC_CELLS:,} values "
+                            f"({MAX_SYNTHETIC_CELLS * 8 / 1e9:.0f} GB)")
         for key in ("val_fraction", "test_fraction"):
             v = getattr(spec, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 0.5:

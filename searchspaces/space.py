@@ -364,7 +364,8 @@ def _range(spec: Mapping, w: _Where, priority: int | None) -> Parameter:
     default = spec.get("default")
     if default is not None:
         if not _is_number(default) or (type_name == "int" and not float(default).is_integer()):
-            raise w.fail("default", f"must be a {type_name}, got {default!r}")
+            article = "an" if type_name == "int" else "a"
+            raise w.fail("default", f"must be {article} {type_name}, got {default!r}")
         if not low <= default <= high:
             raise w.fail("default", f"must lie in [low, high] = [{low}, {high}], got {default!r}")
         default = int(default) if type_name == "int" else float(default)

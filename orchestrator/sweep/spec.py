@@ -44,6 +44,11 @@ SCHEDULER_KEYS = {
     "pbt": ("perturbation_interval", "hyperparameters", "quantile_fraction"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# What the workdir holds besides sweeps: a sweep of one of these names would take its place.
+RESERVED_NAMES = ("mlflow.db", "mlartifacts", "ray", "babysit")
+MAX_SEED = 2**31 - 1  # torch and numpy take it, and seed + trial stays in range
+# A registered model's name: MLflow takes more, but this set needs no quoting anywhere.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,10 @@ def _name(raw: Mapping, source: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise fail(source, "name", "must be 1-100 letters, digits, '.', '_' or '-' "
                    f"(it names a folder and an MLflow experiment), got {name!r}")
+    if name in RESERVED_NAMES:
+        raise fail(source, "name", f"{name!r} is taken by the workdir's own "
+                   f"{', '.join(RESERVED_NAMES)}: its folder would take their place; pick "
+                   "another name")
     return name
 
 
@@ -283,8 +292,8 @@ def _resources(raw: Mapping, source: str) -> Resources:
 
 def _seed(raw: Mapping, source: str) -> int:
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise fail(source, "seed", f"must be a whole number >= 0, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise fail(source, "seed", f"must be a whole number in [0, {MAX_SEED}], got {seed!r}")
     return seed
 
 
@@ -293,9 +302,9 @@ def _register(raw: Mapping, source: str) -> Register | None:
         return None
     r = section(raw, "register", source)
     only_keys(source, "register", r, ("name", "promote"))
-    if not isinstance(r.get("name"), str) or not r["name"]:
-        raise fail(source, "register.name", "must name the registered model, got "
-                   f"{r.get('name')!r}")
+    if not isinstance(r.get("name"), str) or not _MODEL_NAME.match(r["name"]):
+        raise fail(source, "register.name", "must name the registered model: 1-100 letters, "
+                   f"digits, spaces, '.', '_' or '-', got {r.get('name')!r}")
     return Register(r["name"], flag(source, "register.promote", r.get("promote", False)))
 
 

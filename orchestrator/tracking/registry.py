@@ -46,7 +46,11 @@ def register_version(client, name: str, run_id: str, tags: dict, path: str = "mo
 
     MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
     and JSON is registered through ``create_model_version`` (see FACTS.md)."""
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+    from mlflow.exceptions import MlflowException
+
+    try:  # looked up by name, not through a filter string a quote in it would break
+        client.get_registered_model(name)
+    except MlflowException:
         client.create_registered_model(name)
     source = f"{client.get_run(run_id).info.artifact_uri}/{path}"
     return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)

@@ -172,6 +172,16 @@ BAD_SWEEPS = [
      ["key 'strategy.start.batch_size'", "is not a value of this parameter", "got 48"]),
     ("start-not-a-mapping", changed(strategy__start=[0.1]), ["key 'strategy.start'"]),
     ("width-0", changed(strategy__width=0), ["key 'strategy.width'", "got 0"]),
+    ("seed-1e29", changed(seed=10**29), ["key 'seed'", "in [0, 2147483647]"]),
+    ("name-mlflow.db", changed(name="mlflow.db"), ["key 'name'", "'mlflow.db' is taken"]),
+    ("name-ray", changed(name="ray"), ["key 'name'", "its folder would take their place"]),
+    ("register-name-quote", changed(register={"name": "it's"}),
+     ["key 'register.name'", "1-100 letters", "got \"it's\""]),
+    ("babysit-keep-0", changed(babysit={"keep": 0}), ["key 'babysit.keep'", "got 0"]),
+    ("babysit-unknown", changed(babysit={"every": 2}), ["key 'babysit.every'"]),
+    ("synthetic-too-big", changed(data={"source": "synthetic", "size": 10**9,
+                                        "n_features": 20}),
+     ["synthetic data of 1,000,000,000 rows x 20 features takes about 160.0 GB"]),
 ]
 
 
