@@ -96,6 +96,7 @@ class Dataset:
     std: np.ndarray  # (d,)
     classes: list = field(default_factory=list)  # original label of class index i
     feature_names: list = field(default_factory=list)
+    label: str = "label"  # the label column's (or array's) name in the source
 
     @property
     def n_features(self) -> int:
@@ -119,7 +120,9 @@ def load(spec: DataSpec, base_dir: str | Path | None = None) -> Dataset:
                         f"got {spec.source!r}")
     x, y, names = _read(spec, base_dir)
     try:
-        return prepare(x, y, names, spec.val_fraction, spec.test_fraction, spec.seed)
+        data = prepare(x, y, names, spec.val_fraction, spec.test_fraction, spec.seed)
+        data.label = spec.label or "label"
+        return data
     except DataError as e:
         if spec.source not in FILE_SOURCES:
             raise

@@ -30,17 +30,30 @@ def _model_dir(model: str, tracking_uri: str | None, workdir: str) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from models.serving import load_model, predict, read_rows
+    from models.serving import bad_rows, load_model, predict, read_rows
 
     net, meta = load_model(_model_dir(args.model, args.tracking_uri, args.workdir))
-    rows = read_rows(args.data, meta["feature_names"])
+    names = meta["feature_names"]
+    rows = read_rows(args.data, names, meta.get("label", "label"))
+    bad = bad_rows(rows, names)
+    if bad and not args.skip_bad_rows:
+        shown = ", ".join(f"{i} ({feature})" for i, feature in list(bad.items())[:5])
+        raise UsageError(f"{args.data}: {len(bad)} row(s) hold NaN or infinite values: {shown}"
+                         f"{' ...' if len(bad) > 5 else ''} (rows count from 0); fix them, or "
+                         "pass --skip-bad-rows to predict the others and report these")
+    good = [i for i in range(len(rows)) if i not in bad]
     try:
-        labels, probs = predict(net, meta, rows)
+        labels, probs = predict(net, meta, rows[good]) if good else ([], [])
     except ValueError as e:
         raise UsageError(f"{args.data}: {e}") from None
-    for i, (label, p) in enumerate(zip(labels, probs)):
+    answers = {i: (label, p) for i, label, p in zip(good, labels, probs)}
+    for i in range(len(rows)):
+        if i in bad:
+            print(json.dumps({"row": i, "error": f"NaN or infinite value in {bad[i]!r}"}))
+            continue
+        label, p = answers[i]
         print(json.dumps({"row": i, "class": label, "probabilities": {
-            str(c): round(float(v), 6) for c, v in zip(meta["classes"], p)}}))
+            str(c): round(float(v), 6) for c, v in zip(meta["classes"], p)}}, allow_nan=False))
     return EXIT_OK
 
 
@@ -87,8 +100,13 @@ def add_predict(sub, common) -> None:
                        "a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model) "
                        "or a model folder (WORKDIR/SWEEP/model).")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA", help="a csv or parquet file with the model's "
-                   "feature columns (a label column is ignored), or an npz with an array X")
+    p.add_argument("data", metavar="DATA", help="a csv or parquet file whose header names "
+                   "the model's feature columns (the label column may be there too, and is "
+                   "ignored; any other column is refused), or an npz whose array X holds one "
+                   "column per feature in training order")
+    p.add_argument("--skip-bad-rows", action="store_true", help="predict the rows that are "
+                   "whole and print {\"row\": N, \"error\": ...} for rows with NaN or "
+                   "infinite values (default: refuse the file, naming them)")
     add_tracking_uri(p, REGISTRY)
     p.set_defaults(func=cmd_predict)
 

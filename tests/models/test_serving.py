@@ -159,11 +159,16 @@ def test_read_rows_reorders_csv_columns_to_the_models_order(tmp_path, rows):
     assert np.array_equal(out, rows)
 
 
-def test_read_rows_ignores_extra_columns(tmp_path, rows):
+def test_read_rows_refuses_extra_columns_but_the_label(tmp_path, rows):
     frame = pd.DataFrame(rows, columns=NAMES).assign(label="bee", note=1.5, row_id=range(5))
     path = tmp_path / "extra.csv"
     frame.to_csv(path, index=False)
-    assert np.array_equal(read_rows(path, NAMES), rows)
+    with pytest.raises(DataError, match=r"column\(s\) note, row_id are not features of the "
+                                        r"model \(nor its label 'label'\)"):
+        read_rows(path, NAMES)
+    frame.drop(columns=["note", "row_id"]).rename(columns={"label": "kind"}).to_csv(
+        path, index=False)
+    assert np.array_equal(read_rows(path, NAMES, label="kind"), rows)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".pq"])
@@ -179,10 +184,35 @@ def test_read_rows_reads_the_x_array_of_an_npz(tmp_path, rows):
     assert np.array_equal(read_rows(path, NAMES), rows)
 
 
-def test_read_rows_takes_unnamed_columns_of_the_right_count_in_order(tmp_path, rows):
+def test_read_rows_never_takes_named_columns_by_position(tmp_path, rows):
+    """Columns of the right count but other names (renamed, a headerless file, 5 features
+    and a label) were once taken in order: wrong classes with exit 0."""
     path = tmp_path / "unnamed.csv"
     pd.DataFrame(rows, columns=[f"c{i}" for i in range(6)]).to_csv(path, index=False)
-    assert np.array_equal(read_rows(path, NAMES), rows)
+    with pytest.raises(DataError, match="no column is named after a feature the model knows"):
+        read_rows(path, NAMES)
+    np.savetxt(path, rows, delimiter=",")  # no header: its first row becomes the names
+    with pytest.raises(DataError, match="give the file a header row with those names"):
+        read_rows(path, NAMES)
+    renamed = pd.DataFrame(rows, columns=[*NAMES[:5], "zeta2"])
+    renamed.to_csv(path, index=False)
+    with pytest.raises(DataError, match="missing feature column.s. zeta"):
+        read_rows(path, NAMES)
+
+
+def test_read_rows_takes_an_npz_by_position_only_with_one_column_per_feature(tmp_path, rows):
+    path = tmp_path / "narrow.npz"
+    np.savez(path, X=rows[:, :5])
+    with pytest.raises(DataError, match=r"takes rows of 6 features .*shape \(5, 5\)"):
+        read_rows(path, NAMES)
+
+
+def test_bad_rows_are_named_with_their_first_bad_feature(rows):
+    from models.serving import bad_rows
+
+    x = rows.astype(float).copy()
+    x[1, 2], x[3, 0], x[3, 4] = np.nan, np.inf, np.nan
+    assert bad_rows(x, NAMES) == {1: "gamma", 3: "alpha"}
 
 
 def test_read_rows_output_feeds_predict(tmp_path, model_dir, data):
@@ -224,7 +254,7 @@ def _write_bad(tmp_path, case: str):
     ("missing-file", ": no such file"),
     ("npz-without-x", ": no array 'X' (the feature rows)"),
     ("missing-columns", ": missing feature column(s) gamma, delta, epsilon, zeta; the model "
-                        "was trained on alpha, beta, gamma, delta, epsilon, zeta..."),
+                        "was trained on alpha, beta, gamma, delta, epsilon, zeta"),
     ("ragged-csv", ": cannot be read as csv (ParserError: "),
     ("binary-csv", ": cannot be read as csv ("),
     ("empty-csv", ": the file is empty"),

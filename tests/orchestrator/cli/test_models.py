@@ -117,11 +117,76 @@ def test_predict_reads_an_npz_with_x(capsys, trained, tmp_path):
     assert_predictions(out, expected_lines(trained["model"], trained["x"]))
 
 
-def test_predict_takes_unnamed_columns_in_training_order(capsys, trained, tmp_path):
+def test_predict_refuses_columns_it_cannot_match_by_name(capsys, trained, tmp_path):
     path = write_csv(tmp_path / "rows.csv", trained["x"], list("abcdef"))
     code, out, err = run_main(capsys, "predict", trained["model"], path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, "rows.csv: no column is named after a feature",
+                               "give the file a header row")
+    names = trained["names"]
+    path = write_csv(tmp_path / "more.csv", trained["x"], names, label=trained["y"])
+    frame = pd.read_csv(path).assign(note=1.0)
+    frame.to_csv(path, index=False)
+    code, out, err = run_main(capsys, "predict", trained["model"], path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, "column(s) note are not features of the model")
+
+
+def test_predict_refuses_rows_with_nan_naming_them_or_reports_them_when_asked(
+        capsys, trained, tmp_path):
+    x = trained["x"].copy()
+    x[2, 1], x[7, 0] = np.nan, np.inf
+    path = write_csv(tmp_path / "holes.csv", x, trained["names"])
+    code, out, err = run_main(capsys, "predict", trained["model"], path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, "2 row(s) hold NaN or infinite values: 2 (x1), 7 (x0)",
+                               "--skip-bad-rows")
+    code, out, err = run_main(capsys, "predict", trained["model"], path, "--skip-bad-rows")
     assert code == 0, err
-    assert_predictions(out, expected_lines(trained["model"], trained["x"]))
+    lines = [json.loads(line) for line in out.splitlines()]  # valid JSON, every line
+    assert [r["row"] for r in lines] == list(range(ROWS))
+    assert lines[2] == {"row": 2, "error": "NaN or infinite value in 'x1'"}
+    assert "error" in lines[7] and "class" in lines[0]
+    whole = [i for i in range(ROWS) if i not in (2, 7)]
+    want = expected_lines(trained["model"], trained["x"][whole])
+    assert [lines[i]["class"] for i in whole] == [w["class"] for w in want]
+
+
+@pytest.mark.parametrize("damage", ["weights", "hidden_units", "n_features"])
+def test_predict_refuses_a_damaged_model_folder_with_exit_2(capsys, trained, tmp_path, damage):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    meta = json.loads((model / "model.json").read_text())
+    if damage == "weights":
+        import torch
+
+        torch.save({"evil": object()}, model / "weights.pt")  # needs unpickling code
+        fragments = ["weights.pt: not the weights of this model.json's net"]
+    elif damage == "hidden_units":
+        meta["model_config"]["hidden_units"] = 10**9  # would allocate before any check
+        fragments = ["model.json: not a caviar model description", "hidden_units"]
+    else:
+        meta["n_features"] = "six"
+        fragments = ["model.json: n_features and n_classes must be whole numbers"]
+    (model / "model.json").write_text(json.dumps(meta))
+    path = tmp_path / "rows.npz"
+    np.savez(path, X=trained["x"])
+    code, out, err = run_main(capsys, "predict", model, path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, *fragments)
+    assert "weights_only=False" not in err
+
+
+def test_predict_refuses_a_non_numeric_column(capsys, trained, tmp_path):
+    path = write_csv(tmp_path / "words.csv", trained["x"], trained["names"])
+    frame = pd.read_csv(path)
+    frame["x3"] = "tall"
+    frame.to_csv(path, index=False)
+    code, out, err = run_main(capsys, "predict", trained["model"], path)
+    assert code == 2 and out == ""
+    assert_one_paragraph_error(err, "words.csv: column 'x3' is not numeric (e.g. 'tall')")
 
 
 def test_predicted_classes_mostly_match_the_labels_after_training(capsys, trained, tmp_path):
@@ -164,7 +229,8 @@ def test_predict_refuses_bad_data_with_exit_2(capsys, trained, tmp_path, case):
     else:
         path = tmp_path / "rows.npz"
         np.savez(path, X=x[:, :4])
-        fragments = ["rows.npz: the model takes rows of 6 features", "got shape (12, 4)"]
+        fragments = ["rows.npz: the model takes rows of 6 features",
+                     "got an array of shape (12, 4)"]
     code, out, err = run_main(capsys, "predict", trained["model"], path)
     assert code == 2 and out == ""
     assert_one_paragraph_error(err, *fragments)
