@@ -64,11 +64,12 @@ def _bad_input() -> tuple[type[Exception], ...]:
     from orchestrator.panda.channel import BabysitError
     from orchestrator.rerun.recipe import RerunError
     from orchestrator.tracking.registry import RegistryError
+    from orchestrator.tracking.sink import StateDamaged
     from orchestrator.tracking.store import StoreMissing
     from searchspaces import SpecError
 
     return (SpecError, DataError, UsageError, StoreMissing, RegistryError, BabysitError,
-            RerunError)
+            RerunError, StateDamaged)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ from orchestrator.sweep.records import LOG_FILE
 from orchestrator.sweep.report import SUMMARY_FILE, TRIALS_CSV
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import register_version, version_tags
-from orchestrator.tracking.sink import STATE_FILE, MlflowSink
-from orchestrator.tracking.store import resolve_uri
+from orchestrator.tracking.sink import STATE_FILE, MlflowSink, StateDamaged
+from orchestrator.tracking.store import embedded_uri, resolve_uri
 
 MODEL_DIR, PLOTS_DIR = "model", "plots"
 
@@ -185,14 +185,21 @@ def sync_workdir(workdir: str | Path, tracking_uri: str | None, stream) -> int:
         return 0
     failed = 0
     for d in dirs:
-        state = json.loads((d / STATE_FILE).read_text())
-        uri = tracking_uri or state["tracking_uri"]
-        sink = MlflowSink(uri, state.get("experiment") or d.name, d, d / LOG_FILE, workdir)
         try:
+            state = json.loads((d / STATE_FILE).read_text())
+        except ValueError:  # damaged: the sink rebuilds it from the store's tags
+            state = {}
+        uri = tracking_uri or state.get("tracking_uri") or embedded_uri(workdir)
+        try:
+            sink = MlflowSink(uri, state.get("experiment") or d.name, d, d / LOG_FILE, workdir)
             n = sink.sync()
             summary = d / SUMMARY_FILE
             if summary.exists() and json.loads(summary.read_text()).get("complete"):
                 sink.finish(sweep_artifacts(d))
+        except StateDamaged as e:
+            print(f"caviar: {d.name}: {e}", file=stream)
+            failed += 1
+            continue
         except Exception as e:  # noqa: BLE001 - report and go on with the next sweep
             print(f"caviar: {d.name}: MLflow at {uri} failed ({type(e).__name__}: {e})",
                   file=stream)

@@ -17,6 +17,7 @@ previous process already logged are read back from MLflow and not written again.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -48,6 +49,11 @@ def _events(lines: bytes) -> list[dict]:
     return [e for e in out if isinstance(e, dict) and "trial_id" in e and "event" in e]
 
 
+class StateDamaged(Exception):
+    """The sweep's mlflow.json is damaged and MLflow cannot rebuild it: bad input (exit 2),
+    with the way out in the message."""
+
+
 class MlflowSink:
     """Writes a sweep's event log into MLflow: a parent run, one child run per trial."""
 
@@ -61,18 +67,18 @@ class MlflowSink:
         self.state_path = self.dir / STATE_FILE
         self.state = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
                       "parent_run_id": None, "runs": {}, "cursor": 0, "config": {}}
+        self._client = None
         # A state file from an earlier process (a resume, caviar sync): MLflow may hold runs
         # and steps it wrote; look them up before writing. A fresh sweep skips the queries.
         self.earlier = False
         if self.state_path.exists():
-            saved = json.loads(self.state_path.read_text())
+            saved = self._read_state()
             if saved.get("tracking_uri") == uri:
                 self.state.update(saved)
                 self.earlier = True
             else:  # another store (caviar sync --tracking-uri): it holds nothing of this
                 # sweep yet, but the parent run's params and tags are the sweep's own
                 self.state.update({k: saved[k] for k in SWEEP_KEYS if k in saved})
-        self._client = None
         self._logged: dict[str, int] = {}  # run -> last step logged (MLflow's view, then ours)
         self._earlier: dict[str, int] = {}  # run -> last step earlier processes wrote
         self._written: dict[str, set] = {}  # run -> (step, time) of results it wrote
@@ -90,6 +96,54 @@ class MlflowSink:
 
     def _save(self) -> None:
         atomic_write(self.state_path, json.dumps(self.state, indent=1))
+
+    def _read_state(self) -> dict:
+        """The state file; one a crash or a full disk damaged is rebuilt from MLflow."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+            if isinstance(saved, dict) and isinstance(saved.get("runs"), dict):
+                return saved
+        except (OSError, ValueError):
+            pass
+        return self._rebuild()
+
+    def _rebuild(self) -> dict:
+        """The trial-to-run map read back from the runs' tags: the sweep's parent run (tag
+        ``caviar.sweep``, the one whose trials this event log holds) and its trial runs
+        (``caviar.trial_id``). The cursor starts over; steps MLflow holds are not written
+        again (``earlier``)."""
+        try:
+            parent, runs = self._find_parent()
+        except Exception as e:  # noqa: BLE001 - MLflow down, or nothing to rebuild from
+            raise StateDamaged(
+                f"{self.state_path}: damaged (not the JSON caviar wrote) and it could not be "
+                f"rebuilt from MLflow at {self.uri} ({e}). Move it aside (`mv "
+                f"{self.state_path} {self.state_path}.bad`): the next resume or `caviar sync` "
+                "then writes the sweep's records under a new parent run") from None
+        print(f"caviar: {self.state_path} was damaged; rebuilt from MLflow (parent run "
+              f"{parent.info.run_id}, {len(runs)} trial runs)", file=sys.stderr)
+        self.earlier = True
+        return {"tracking_uri": self.uri, "experiment": self.experiment,
+                "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
+                "runs": runs, "cursor": 0, "config": {}, "parent_params_logged": True,
+                "sweep_uid": parent.data.tags.get("caviar.sweep_uid", uuid.uuid4().hex)}
+
+    def _find_parent(self):
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            raise LookupError(f"no experiment {self.experiment!r}")
+        logged = {e["trial_id"] for e in _events(self.log_path.read_bytes())} \
+            if self.log_path.exists() else set()
+        for parent in self.client.search_runs(
+                [exp.experiment_id], f"tags.`caviar.kind` = 'sweep' and tags.`caviar.sweep` = "
+                f"'{self.dir.name}'", order_by=["attributes.start_time DESC"]):
+            children = self.client.search_runs(
+                [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            runs = {c.data.tags["caviar.trial_id"]: c.info.run_id for c in children
+                    if "caviar.trial_id" in c.data.tags}
+            if set(runs) & logged or not logged:
+                return parent, runs
+        raise LookupError(f"no parent run of sweep {self.dir.name!r} holds its trials")
 
     # -- the parent run ------------------------------------------------------------------
 

@@ -189,3 +189,61 @@ def test_a_line_a_crash_cut_short_is_skipped_and_the_rest_is_written(tmp_path):
     steps = [m.step for m in c.get_metric_history(trial.info.run_id, "val_loss")]
     assert sorted(steps) == [1, 2, 3]
     assert trial.info.status == "FINISHED" and trial.data.params == {"lr": "0.1", "seed": "3"}
+
+
+def _one_trial_log(d, t: float = 1_700_000_000.0) -> None:
+    from orchestrator.sweep.records import LOG_FILE
+
+    events = [{"event": "start", "trial_id": "a", "round": 0, "config": {"lr": 0.1, "_seed": 3},
+               "time": t}]
+    events += [{"event": "result", "trial_id": "a", "epoch": e, "time": t + e,
+                "metrics": {"epoch": e, "val_loss": 1.0 / e, "train_loss": 1.0}}
+               for e in (1, 2, 3)]
+    events.append({"event": "end", "trial_id": "a", "status": "completed", "time": t + 4})
+    (d / LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_a_damaged_mlflow_json_is_rebuilt_from_the_runs_tags(tmp_path, capsys):
+    from orchestrator.cli import main
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.tracking.sink import STATE_FILE, MlflowSink
+
+    d = tmp_path / "w" / "s"
+    d.mkdir(parents=True)
+    _one_trial_log(d)
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    sink = MlflowSink(uri, "s", d, d / LOG_FILE, tmp_path / "w")
+    sink.prepare({"strategy": "random"}, {"mlflow.runName": "s", "caviar.sweep": "s"})
+    assert sink.sync() == 5
+    parent = sink.state["parent_run_id"]
+    (d / STATE_FILE).write_text('{"tracking_uri": "sqlite:')  # a full disk cut it
+    assert main(["sync", "--workdir", str(tmp_path / "w")]) == 0
+    assert "was damaged; rebuilt from MLflow" in capsys.readouterr().err
+    state = json.loads((d / STATE_FILE).read_text())
+    assert state["parent_run_id"] == parent and list(state["runs"]) == ["a"]
+    c, runs = runs_of(uri, "s")
+    assert len(runs) == 2  # no second parent, no second trial run
+    trial = next(r for r in runs if r.data.tags.get("caviar.kind") == "trial")
+    assert [m.step for m in c.get_metric_history(trial.info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out(tmp_path,
+                                                                                 capsys):
+    from orchestrator.cli import main
+    from orchestrator.tracking.sink import STATE_FILE
+
+    d = tmp_path / "w" / "s"
+    d.mkdir(parents=True)
+    _one_trial_log(d)
+    (d / STATE_FILE).write_text("[1, 2")
+    other = f"sqlite:///{tmp_path / 'empty.db'}"  # a store that never saw the sweep
+    assert main(["sync", "--workdir", str(tmp_path / "w"), "--tracking-uri", other]) == 1
+    err = capsys.readouterr().err
+    assert f"{d / STATE_FILE}: damaged (not the JSON caviar wrote)" in err
+    assert f"mv {d / STATE_FILE} {d / STATE_FILE}.bad" in err and "Traceback" not in err
+    from orchestrator.cli import _bad_input
+    from orchestrator.tracking.sink import MlflowSink, StateDamaged
+
+    with pytest.raises(StateDamaged, match="could not be rebuilt"):  # a resume: exit 2
+        MlflowSink(other, "s", d, d / "trials.jsonl", tmp_path / "w")
+    assert StateDamaged in _bad_input()
