@@ -7,6 +7,7 @@ joins an existing cluster instead.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_SECONDS))
 from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
+from models.files import atomic_write  # noqa: E402
 from orchestrator.cluster.connect import check_resources, connect  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweep import export  # noqa: E402
@@ -82,6 +84,7 @@ def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -
         if not tune.Tuner.can_restore(str(paths.experiment)):
             raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir} "
                              "(run it without --resume)")
+        _check_origin(spec, paths)
         return
     if not (paths.experiment.exists() or (paths.dir / LOG_FILE).exists()):
         return
@@ -89,6 +92,29 @@ def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -
         raise SweepError(f"sweep {spec.name!r} already exists in {paths.workdir}: "
                          "--resume to continue it, --fresh to start over (the old one is "
                          "moved aside), or change 'name'")
+
+
+ORIGIN_FILE = "origin.json"  # where the sweep was started: Tune's snapshot holds that path
+
+
+def _check_origin(spec: SweepSpec, paths: SweepPaths) -> None:
+    """Refuses to resume a sweep whose workdir was moved or copied: Tune's snapshot
+    (a pickle) holds the old paths, so the resumed driver would write its event log and
+    strategy state there, into the original of a copy."""
+    origin = paths.dir / ORIGIN_FILE
+    if not origin.exists():
+        return  # started by an earlier caviar, which did not record it
+    started_in = json.loads(origin.read_text()).get("workdir")
+    if started_in != str(paths.workdir):
+        raise SweepError(f"sweep {spec.name!r} was started in {started_in} and has been moved "
+                         f"or copied to {paths.workdir}: Ray Tune's snapshot keeps the old "
+                         "paths, so a resume here would write into the old place. Resume it "
+                         f"in {started_in} (move it back), or start over here with --fresh")
+
+
+def record_origin(paths: SweepPaths) -> None:
+    if not (paths.dir / ORIGIN_FILE).exists():
+        atomic_write(paths.dir / ORIGIN_FILE, json.dumps({"workdir": str(paths.workdir)}))
 
 
 def move_aside(paths: SweepPaths) -> None:
@@ -170,6 +196,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     if fresh and not resume:
         move_aside(paths)
     paths.dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        record_origin(paths)
     strategy = make_strategy(spec.strategy, spec.space, spec.metric.name, spec.metric.mode,
                              spec.seed, state_file=paths.dir / STATE_FILE)
     tuner = make_tuner(spec, paths, strategy, data, resume, stream)

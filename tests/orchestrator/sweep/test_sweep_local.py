@@ -172,3 +172,19 @@ def test_tpe_sweep_runs_through_optuna(write_sweep, tmp_path):
     summary = run_sweep(spec, tmp_path / "w")
     assert summary["strategy"] == "tpe" and summary["trials"]["completed"] == 4
     assert summary["best"]["config"]["lr"] > 0
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_copied_workdir_is_not_resumed_into_the_original(write_sweep, tmp_path):
+    import shutil
+
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
+    run_sweep(spec, tmp_path / "w1")
+    shutil.copytree(tmp_path / "w1", tmp_path / "w2")
+    log = tmp_path / "w1" / "t" / "trials.jsonl"
+    before = (log.stat().st_mtime_ns, log.read_bytes())
+    with pytest.raises(SweepError, match=f"started in {tmp_path / 'w1'} and has been moved or "
+                                         f"copied to {tmp_path / 'w2'}"):
+        run_sweep(spec, tmp_path / "w2", resume=True)
+    assert (log.stat().st_mtime_ns, log.read_bytes()) == before  # the original untouched
+    assert run_sweep(spec, tmp_path / "w1", resume=True)["trials"]["total"] == 1
