@@ -66,3 +66,12 @@ def flag(source: str, key: str, v: object) -> bool:
     if not isinstance(v, bool):
         raise fail(source, key, f"must be true or false, got {v!r}")
     return v
+
+
+def known(value: object, allowed) -> bool:
+    """``value in allowed``, False for a value that cannot be looked up there (a list or
+    a mapping where a name was expected: YAML gives whatever the file holds)."""
+    try:
+        return value in allowed
+    except TypeError:
+        return False

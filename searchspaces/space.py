@@ -316,13 +316,13 @@ def _scale_and_type(spec: Mapping, w: _Where) -> tuple[str, str]:
             raise w.fail(None, f"missing {key!r}: a range needs low and high "
                          "(or use {choice: [...]} or {fixed: value})")
     scale_name = spec.get("scale", "linear")
-    if scale_name not in SCALES:
+    if not isinstance(scale_name, str) or scale_name not in SCALES:
         raise w.fail("scale", f"must be one of {', '.join(SCALES)}, got {scale_name!r}"
                      + did_you_mean(scale_name, SCALES))
     type_name = spec.get("type")
     if type_name is None:
         type_name = "int" if w.rule is not None and w.rule.type is int else "float"
-    if type_name not in ("float", "int"):
+    if not isinstance(type_name, str) or type_name not in ("float", "int"):
         raise w.fail("type", f"must be 'float' or 'int', got {type_name!r}")
     if type_name == "float" and w.rule is not None and w.rule.type is int:
         raise w.fail("type", f"the model says {w.name} must be an int; use type: int")

@@ -15,7 +15,7 @@ from orchestrator.strategies._grid import GridStrategy
 from orchestrator.strategies._random import QuasiRandomStrategy, RandomStrategy
 from orchestrator.strategies._settings import parse, to_dict
 from orchestrator.strategies._tpe import TpeStrategy
-from searchspaces.fields import fail
+from searchspaces.fields import fail, known
 from searchspaces.trial import ROUND_KEY, SEED_KEY
 
 __all__ = [
@@ -36,7 +36,7 @@ def parse_strategy(section: Mapping, source: str, space):
         SpecError: an unknown kind or key, or a value that breaks its rule.
     """
     kind = section.get("kind", DEFAULT_KIND)
-    if kind not in KINDS:
+    if not known(kind, KINDS):
         raise fail(source, "strategy.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
     cls = KINDS[kind]
     return parse(cls.Settings, {**section, "kind": kind}, source, space)

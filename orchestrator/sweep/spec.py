@@ -31,7 +31,7 @@ from models.data import DataError, DataSpec
 from models.objective import METRICS, Objective
 from orchestrator.strategies import budget, parse_strategy, to_dict
 from searchspaces import SearchSpace, SpecError
-from searchspaces.fields import fail, flag, number, only_keys, section, unknown, whole
+from searchspaces.fields import fail, flag, known, number, only_keys, section, unknown, whole
 from searchspaces.yamlio import load_mapping
 
 BUILTIN_SPACES = Path(__file__).resolve().parents[2] / "searchspaces"
@@ -244,7 +244,7 @@ def _scheduler(raw: Mapping, source: str, epochs: int, space: SearchSpace,
                strategy_kind: str) -> Scheduler:
     s = section(raw, "scheduler", source, {"kind": "fifo"})
     kind = s.get("kind", "fifo")
-    if kind not in SCHEDULER_KEYS:
+    if not known(kind, SCHEDULER_KEYS):
         raise fail(source, "scheduler.kind",
                    f"must be one of {', '.join(SCHEDULER_KEYS)}, got {kind!r}")
     only_keys(source, "scheduler", s, ("kind",) + SCHEDULER_KEYS[kind])
@@ -264,7 +264,7 @@ def _metric(raw: Mapping, source: str) -> Objective:
     m = section(raw, "metric", source, {"name": "val_loss"})
     only_keys(source, "metric", m, ("name", "mode"))
     name = m.get("name", "val_loss")
-    if name not in METRICS:
+    if not known(name, METRICS):
         raise fail(source, "metric.name", f"the trainer reports {', '.join(METRICS)} each "
                    f"epoch, got {name!r}")
     mode = m.get("mode", METRICS[name])
