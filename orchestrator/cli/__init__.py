@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("caviar: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `caviar ... | head` closed the pipe: what it wanted came
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # a failure, not bad input: one line unless debugging
         if os.environ.get("CAVIAR_DEBUG"):
             raise

@@ -63,6 +63,7 @@ def _run_config(args, spec) -> dict:
             "model_config": asdict(model_config), "hparams": asdict(hparams),
             "epochs": args.epochs or spec.epochs, "seed": spec.seed,
             "metric": spec.metric.to_dict(), "resources": spec.resources.to_dict(),
+            "register": spec.register.name if spec.register else None,
             "keep": args.keep or spec.babysit.keep, "delay": args.epoch_delay,
             "space": spec.space.to_dict()["parameters"]}
 
@@ -86,27 +87,80 @@ def cmd_start(args) -> int:
     spec = load_sweep(args.file)
     config = _run_config(args, spec)
     uri = _uri(args, spec.tracking.uri)
-    name = check_name(args.name) if args.name else _free_name(uri, spec.name)
-    if _babysat_runs(uri, f"tags.`caviar.babysit` = '{name}'"):
-        raise BabysitError(f"a babysat run named {name!r} exists in {uri}: pick another "
-                           f"--name, or continue it with `caviar babysit start --resume {name}`")
     load(DataSpec(**config["data"]), config["base_dir"])  # bad data: exit 2 before anything
-    if args.address:  # a run no node can hold: exit 2 before anything too
-        from orchestrator.cluster.connect import check_resources, connect
+    if args.address:  # a run no node can hold, or a store it cannot reach: exit 2 too
+        _check_cluster(args.address, uri, spec)
+    with _name_lock(uri, args.name or spec.name):
+        name = check_name(args.name, "--name") if args.name else _free_name(uri, spec.name)
+        if _babysat_runs(uri, f"tags.`caviar.babysit` = '{name}'"):
+            raise BabysitError(f"a babysat run named {name!r} exists in {uri}: pick another "
+                               f"--name, or continue it with `caviar babysit start --resume "
+                               f"{name}`")
+        record = Record.create(uri, args.workdir, spec.tracking.experiment or spec.name,
+                               {"name": name, **config})
+        try:
+            record.client.log_artifact(record.run_id, spec.source)
+            code = _launch(args, record, name, config)
+        except BaseException:
+            record.forget()
+            raise
+        if code != EXIT_OK:
+            record.forget()
+        return code
 
-        connect(args.address)
-        check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
-    record = Record.create(uri, args.workdir, spec.tracking.experiment or spec.name,
-                           {"name": name, **config})
-    try:
-        record.client.log_artifact(record.run_id, spec.source)
-        code = _launch(args, record, name, config)
-    except BaseException:
-        record.forget()
-        raise
-    if code != EXIT_OK:
-        record.forget()
-    return code
+
+def _name_lock(uri: str, name: str):
+    """Two `start`s (or `--resume`s) of one name at once: the second waits its turn and
+    then finds the name taken (or the worker alive). The registry's lock, as re-tune's."""
+    from orchestrator.tracking.registry import Lock
+    from orchestrator.tracking.store import ensure_sqlite_store
+
+    ensure_sqlite_store(uri)
+    from mlflow import MlflowClient
+
+    return _Waiting(Lock(MlflowClient(uri, registry_uri=uri), f"babysit.{name}", lease_s=300,
+                         what="babysit start"))
+
+
+class _Waiting:
+    """Holds ``lock``, waiting up to a few minutes for another holder to let go."""
+
+    def __init__(self, lock, wait_s: float = 240.0):
+        self.lock, self.wait_s = lock, wait_s
+
+    def __enter__(self):
+        from orchestrator.tracking.registry import Locked
+
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                self.lock.acquire()
+                return self
+            except Locked:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _check_cluster(address: str, uri: str, spec) -> None:
+    """The cluster can hold one trial, and, for the embedded sqlite store, is this
+    machine alone (the worker writes the store: another node would open its own file)."""
+    import ray
+
+    from orchestrator.cluster.connect import check_resources, connect
+
+    connect(address)
+    check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
+    here = ray.util.get_node_ip_address()
+    others = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} - {here}
+    if uri.startswith("sqlite:") and others:
+        raise UsageError(f"--address {address}: the cluster has nodes besides this machine "
+                         f"({', '.join(sorted(others))}), and the worker records into "
+                         f"{uri}, a file on this machine: pass --tracking-uri of an MLflow "
+                         "server every node reaches (see the README's Panda section)")
 
 
 def _launch(args, record, name: str, config: dict) -> int:
@@ -150,22 +204,37 @@ def _resume(args) -> int:
         raise UsageError("--resume NAME takes no SWEEP.yaml and no --set: it goes on with "
                          "the hyperparameters in force (nudge it once it runs)")
     args.name = args.resume
-    record = Record.find(_uri(args), args.resume)
-    running, why = alive(record.tags())
-    if running:
-        raise BabysitError(f"babysat run {args.resume!r} is still running ({why}): nothing "
-                           "to resume")
-    lineage, config = record.lineage(), record.config()
-    reached = int(record.tags().get("caviar.epoch", 0))
-    if args.epochs is not None and args.epochs <= reached:
-        raise UsageError(f"--epochs {args.epochs}: run {args.resume!r} has trained {reached} "
-                         "epochs already; ask for more")
-    if args.epochs is None and reached >= lineage.epochs:
-        raise BabysitError(f"babysat run {args.resume!r} has trained all its {lineage.epochs} "
-                           "epochs: pass --epochs N (more) to go on")
-    if args.epochs is not None:
-        record.post("epochs", epochs=args.epochs)
-    return _launch(args, record, args.resume, config)
+    uri = _uri(args)
+    record = Record.find(uri, args.resume)
+    with _name_lock(uri, args.resume):
+        running, why = alive(record.tags())
+        if running:
+            raise BabysitError(f"babysat run {args.resume!r} is still running ({why}): "
+                               "nothing to resume")
+        lineage, config = record.lineage(), record.config()
+        reached = int(record.tags().get("caviar.epoch", 0))
+        if args.epochs is not None and args.epochs <= reached:
+            raise UsageError(f"--epochs {args.epochs}: run {args.resume!r} has trained "
+                             f"{reached} epochs already; ask for more")
+        if args.epochs is None and reached >= lineage.epochs:
+            raise BabysitError(f"babysat run {args.resume!r} has trained all its "
+                               f"{lineage.epochs} epochs: pass --epochs N (more) to go on")
+        if args.address:
+            _check_cluster(args.address, uri, _Resources(config["resources"]))
+        if args.epochs is not None:
+            record.post("epochs", epochs=args.epochs)
+        return _launch(args, record, args.resume,
+                       {**config, "epochs": args.epochs or lineage.epochs})
+
+
+class _Resources:
+    """A stored run's resources where _check_cluster wants a sweep's."""
+
+    def __init__(self, resources: dict):
+        from types import SimpleNamespace
+
+        self.resources = SimpleNamespace(cpu=resources["cpu"], gpu=resources["gpu"])
+        self.source = "the run's sweep file"
 
 
 # -- requests -------------------------------------------------------------------------
@@ -204,7 +273,7 @@ def _bounds(p) -> str:
     return str(d["choice"]) if "choice" in d else f"[{d['low']:g}, {d['high']:g}] ({d['scale']})"
 
 
-def _open_for_requests(args):
+def _open_for_requests(args, quiet: bool = False):
     """(record, tags, lineage) of a run that takes requests; a stopped one does not."""
     from orchestrator.panda.channel import FINAL_STATES, BabysitError
     from orchestrator.panda.launch import alive
@@ -217,7 +286,7 @@ def _open_for_requests(args):
                            f"{tags.get('caviar.epoch')}): it takes no requests; `caviar "
                            f"babysit start --resume {args.name}` brings it back")
     running, why = alive(tags)
-    if not running:
+    if not running and not quiet:
         print(f"caviar: note: the worker of {args.name!r} is not running ({why}); the "
               f"request waits for `caviar babysit start --resume {args.name}`", file=sys.stderr)
     return record, tags, record.lineage()
@@ -310,11 +379,44 @@ def _ranges(epochs: list[int]) -> str:
 
 def cmd_stop(args) -> int:
     from orchestrator.panda.launch import alive
+    from orchestrator.tracking.registry import check_model_name
 
-    record, tags, _ = _open_for_requests(args)
+    if args.register:
+        check_model_name(args.register, "--register")
+    record, tags, _ = _open_for_requests(args, quiet=True)
     if not alive(tags)[0]:
         return _stop_dead(args, record)
-    return _post(args, record, "stop", "stop", register=args.register)
+    request = record.post("stop", register=args.register)
+    print(f"caviar: stop: queued for {args.name!r} at its next epoch boundary"
+          + (f"; then its best epoch is registered as {args.register!r}" if args.register
+             else ""), file=sys.stderr)
+    if args.wait is None:
+        return EXIT_OK
+    code = _wait_for(args, record, request)
+    return code if code != EXIT_OK else _wait_stopped(args, record)
+
+
+def _wait_stopped(args, record) -> int:
+    """After the stop was taken: the run's end, and its registration when asked."""
+    from orchestrator.panda.channel import FINAL_STATES
+
+    deadline = time.monotonic() + args.wait
+    while record.tags().get("caviar.state") not in FINAL_STATES:
+        if time.monotonic() > deadline:
+            print(f"caviar: failed: not stopped in {args.wait:g} s", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(POLL_S)
+    if not args.register:
+        return EXIT_OK
+    last = next((e for e in reversed(record.lineage().events)
+                 if e["kind"] in ("register", "refused")), {})
+    if last.get("kind") != "register":
+        print(f"caviar: failed: stopped, but not registered: {last.get('reason')}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"caviar: registered epoch {last['epoch_registered']} of {last['branch_registered']} "
+          f"as {last['model']!r} version {last['version']}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _stop_dead(args, record) -> int:
@@ -328,10 +430,18 @@ def _stop_dead(args, record) -> int:
     record.client.set_terminated(record.run_id, "FINISHED")
     print(f"caviar: {args.name!r} stopped at epoch {epoch} (its worker was gone)",
           file=sys.stderr)
-    if args.register:
-        args.model, args.epoch, args.branch = args.register, epoch, None
-        return cmd_register(args)
-    return EXIT_OK
+    if not args.register:
+        return EXIT_OK
+    from orchestrator.panda.channel import BabysitError
+    from orchestrator.panda.register import best_epoch
+
+    found = best_epoch(record, lineage, record.config()["metric"])
+    if found is None:
+        raise BabysitError(f"babysat run {args.name!r}: no epoch of its line has a checkpoint "
+                           "to register")
+    args.model, (args.epoch, owner) = args.register, found
+    args.branch = owner.id
+    return cmd_register(args)
 
 
 # -- reading --------------------------------------------------------------------------
@@ -384,6 +494,7 @@ def _event_line(e: dict) -> str:
                               f"{e['branch']}" + (f" with {e['set']}" if e.get("set") else ""),
             "worker": lambda: "worker started " + _where_words(e.get("where", {})),
             "refused": lambda: f"refused {e.get('op')}: {e.get('reason')}",
+            "epochs": lambda: f"epochs in all set to {e.get('epochs')}",
             "register": lambda: f"registered epoch {e['epoch_registered']} as "
                                 f"{e['model']!r} version {e['version']}"}
     text = what.get(e["kind"], lambda: e["kind"] + (f" ({e['reason']})" if e.get("reason")
@@ -465,10 +576,11 @@ def cmd_register(args) -> int:
     from models.data import DataSpec, load
     from orchestrator.panda.channel import BabysitError
     from orchestrator.panda.register import register_epoch
+    from orchestrator.tracking.registry import check_model_name
 
     record = _find(args)
     lineage, config = record.lineage(), record.config()
-    model = args.model or _sweep_model(config)
+    model = check_model_name(args.model or _sweep_model(config), "MODEL")
     try:
         owner = lineage.owner(args.epoch, args.branch)
     except KeyError:
@@ -478,6 +590,8 @@ def cmd_register(args) -> int:
                            f"on branch {args.branch or lineage.current}'s line")
     data = load(DataSpec(**config["data"]), config["base_dir"])
     version = register_epoch(record, lineage, owner, args.epoch, model, data)
+    _on_record(record, model=model, version=version, epoch_registered=args.epoch,
+               branch_registered=owner.id)
     print(f"caviar: registered epoch {args.epoch} of {owner.id} as {model!r} version {version} "
           f"(models:/{model}/{version})", file=sys.stderr)
     print(json.dumps({"model": model, "version": version, "epoch": args.epoch,
@@ -485,9 +599,25 @@ def cmd_register(args) -> int:
     return EXIT_OK
 
 
+def _on_record(record, **registered) -> None:
+    """A registration in the run's history: through the worker when it runs (it alone
+    writes the lineage then), else written here."""
+    from orchestrator.panda.launch import alive
+
+    if alive(record.tags())[0]:
+        record.post("registered", **registered)
+        return
+    lineage = record.lineage()
+    lineage.record("register", int(record.tags().get("caviar.epoch", 0)), **registered)
+    record.save_lineage(lineage)
+
+
 def _sweep_model(config: dict) -> str:
+    if config.get("register"):
+        return config["register"]
     raise UsageError("babysit register needs the model's name: caviar babysit register "
-                     f"NAME MODEL --epoch K (the sweep {config['sweep']!r} names none)")
+                     f"NAME MODEL --epoch K (the sweep {config['sweep']!r} has no "
+                     "register.name to default to)")
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -531,7 +661,9 @@ def _add_requests(sub, common) -> None:
                        "next epoch on, in the optimizer in place (no restart). Values must "
                        "lie in the sweep's search space.")
     _common_run(p)
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[], required=True)
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[], required=True,
+                   help="a tuned hyperparameter's new value, inside the sweep's search space "
+                   "(repeatable)")
     p.set_defaults(func=cmd_nudge)
     for op, func, text in (("pause", cmd_pause, "hold the run at the next epoch boundary"),
                            ("resume", cmd_resume, "let a paused run go on")):
@@ -541,11 +673,14 @@ def _add_requests(sub, common) -> None:
     p = sub.add_parser("revert", parents=[common], help="go back to an epoch's checkpoint",
                        description="Restore epoch K's checkpoint and go on from K+1 as a new "
                        "branch, optionally with new hyperparameters. The branch left stays "
-                       "on record with its checkpoints. A paused run stays paused.")
+                       "on record with its checkpoints. A paused run stays paused. The "
+                       "worker checks the epoch again when it takes the request (another "
+                       "revert may come first): --wait, or status, shows a refusal.")
     _common_run(p)
     p.add_argument("--epoch", type=int, required=True, help="the epoch to go back to")
     p.add_argument("--branch", help="the branch whose line holds it (default: the current)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[])
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
+                   help="also change a tuned hyperparameter, as nudge does (repeatable)")
     p.set_defaults(func=cmd_revert)
     p = sub.add_parser("stop", parents=[common], help="end the run at the next epoch boundary",
                        description="End the run at the next epoch boundary.")
@@ -574,8 +709,9 @@ def _add_reading(sub, common) -> None:
                        description="Register the model of any epoch as a new version of "
                        "MODEL, like a sweep's best (loadable without unpickling).")
     _common_run(p, wait=False)
-    p.add_argument("model", nargs="?", metavar="MODEL", help="the registered model's name")
-    p.add_argument("--epoch", type=int, required=True)
+    p.add_argument("model", nargs="?", metavar="MODEL", help="the registered model's name "
+                   "(default: the sweep's register.name)")
+    p.add_argument("--epoch", type=int, required=True, help="the epoch whose model to register")
     p.add_argument("--branch", help="the branch whose line holds it (default: the current)")
     p.set_defaults(func=cmd_register)
 

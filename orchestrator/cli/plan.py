@@ -76,8 +76,9 @@ def cmd_plan(args) -> int:
     from orchestrator.panda.plan import plan
     from orchestrator.sweep.spec import load_sweep
 
-    if not args.hours > 0:
-        raise UsageError(f"--hours: the wall-clock target must be > 0, got {args.hours:g}")
+    if not 0 < args.hours < 24 * 365:  # NaN and inf too
+        raise UsageError(f"--hours: the wall-clock target must be > 0 and under a year, got "
+                         f"{args.hours:g}")
     result = plan(load_sweep(args.file), address=args.address, hours=args.hours,
                   stream=sys.stderr)
     if args.json:

@@ -19,7 +19,7 @@ def _client(args):
     from orchestrator.tracking.store import check_store, ensure_sqlite_store, resolve_uri
 
     uri = resolve_uri(args.tracking_uri, None, args.workdir)
-    check_store(uri)
+    check_store(uri, what="the trial")
     ensure_sqlite_store(uri)
     from mlflow import MlflowClient
 
@@ -33,9 +33,25 @@ def _run_id(args, client) -> str:
         raise UsageError("give RUN_ID, or --trial ID --sweep NAME, not both")
     if args.run_id:
         return args.run_id
-    if not (args.trial and args.sweep):
-        raise UsageError("caviar rerun needs a trial's RUN_ID, or --trial ID --sweep NAME")
     return find_trial(client, args.sweep, args.trial)
+
+
+def _check_args(args) -> None:
+    """What the command line asks, checked before any store is opened or data read."""
+    import torch
+
+    if not args.run_id and not (args.trial and args.sweep):
+        raise UsageError("caviar rerun needs a trial's RUN_ID, or --trial ID --sweep NAME")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.device is None or args.device == "cpu":
+        return
+    if not args.device.startswith("cuda") or args.device not in (
+            "cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise UsageError(f"--device {args.device!r}: this machine has cpu"
+                         + (f" and cuda:0 to cuda:{found - 1}" if found else " only (no GPU "
+                            "torch can use)"))
 
 
 def _print_table(rows: list[dict], out) -> None:
@@ -51,6 +67,7 @@ def cmd_rerun(args) -> int:
     from orchestrator.rerun.recipe import read_recipe
     from orchestrator.rerun.replay import default_device, log_rerun, retrain, retrain_on_ray
 
+    _check_args(args)
     client = _client(args)
     recipe = read_recipe(client, _run_id(args, client))
     threads = args.threads or recipe.threads or 1

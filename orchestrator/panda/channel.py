@@ -56,9 +56,9 @@ def _client(uri: str):
     return MlflowClient(uri)
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "NAME") -> str:
     if not NAME_RULE.match(name):
-        raise BabysitError(f"--name {name!r}: a babysat run's name is 1 to 63 letters, digits, "
+        raise BabysitError(f"{what} {name!r}: a babysat run's name is 1 to 63 letters, digits, "
                            "'.', '_' or '-', starting with a letter or digit")
     return name
 

@@ -29,7 +29,6 @@ import traceback
 from dataclasses import asdict, replace
 
 from models.config import HParams, MLPConfig
-from models.objective import Objective
 from models.train import TrainingRun, resolve_device
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.panda import channel
@@ -69,7 +68,6 @@ class Worker:
         self.record, self.launcher = record, launcher
         self.config = record.config()
         self.lineage = record.lineage()
-        self.objective = Objective(**self.config["metric"])
         self.data = load(DataSpec(**self.config["data"]), self.config["base_dir"])
         self.run = TrainingRun(self.data, MLPConfig(**self.config["model_config"]),
                                HParams(**self.lineage.hparams), self.config["seed"],
@@ -123,6 +121,9 @@ class Worker:
             for m in self.run.history:
                 if m["epoch"] > branch.from_epoch and m["epoch"] not in logged:
                     self.record.log_epoch(branch, m)
+        if branch.status != "running":  # a stopped or completed run given more epochs
+            branch.status = "running"
+            self.record.client.set_tag(branch.run_id, "caviar.status", "running")
         self.lineage.record("worker", self.run.epoch, where=where(self.launcher))
         self._save(state="paused" if self.lineage.paused else "running",
                    **{channel.WHERE: json.dumps(where(self.launcher)),
@@ -194,6 +195,10 @@ class Worker:
             self.lineage.record("stop", epoch, request,
                                 **({"register": body["register"]} if body.get("register")
                                    else {}))
+        elif op == "registered":  # a command registered an epoch: on record here
+            self.lineage.record("register", epoch, request, **{
+                k: body[k] for k in ("model", "version", "epoch_registered",
+                                     "branch_registered")})
         elif op == "epochs":
             self.lineage.epochs = int(body["epochs"])
             self.lineage.record("epochs", epoch, request, epochs=self.lineage.epochs)
@@ -252,14 +257,14 @@ class Worker:
 
     def _register(self, model_name: str) -> str | None:
         """The best epoch of the current line (the sweep's metric), as a model version."""
-        from orchestrator.panda.register import register_epoch
+        from orchestrator.panda.register import best_epoch, register_epoch
 
-        epoch = self._best_kept_epoch()
-        if epoch is None:
+        found = best_epoch(self.record, self.lineage, self.config["metric"])
+        if found is None:
             self.lineage.record("refused", self.run.epoch, op="register",
                                 reason="no epoch of the current line has a checkpoint")
             return None
-        owner = self.lineage.owner(epoch)
+        epoch, owner = found
         try:
             version = register_epoch(self.record, self.lineage, owner, epoch, model_name,
                                      self.data)
@@ -269,20 +274,6 @@ class Worker:
         self.lineage.record("register", self.run.epoch, model=model_name, version=version,
                             epoch_registered=epoch, branch_registered=owner.id)
         return f"{model_name!r} version {version} (epoch {epoch} of branch {owner.id})"
-
-    def _best_kept_epoch(self) -> int | None:
-        """The current line's best epoch by the sweep's metric among those whose
-        checkpoint is still there (``keep:`` may have deleted the very best)."""
-        kept = {}
-        for b in self.lineage.line():
-            kept[b.id] = set(self.record.checkpoint_epochs(b))
-        scored = [(m[self.objective.name], m["epoch"]) for m in self.run.history
-                  if m["epoch"] in kept[self.lineage.owner(m["epoch"]).id]
-                  and math.isfinite(m.get(self.objective.name, math.nan))]
-        if not scored:
-            return None
-        best = self.objective.best(v for v, _ in scored)
-        return next(e for v, e in scored if v == best)
 
     def plot(self) -> None:
         """The learning curve with nudges and reverts marked, as the parent's curve.png."""

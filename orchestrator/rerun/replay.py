@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +123,8 @@ def log_rerun(client, recipe: Recipe, outcome: Outcome) -> str:
                                   "caviar.threads": str(outcome.threads),
                                   "caviar.device": outcome.device,
                                   **{f"caviar.{k}": v for k, v in outcome.versions.items()}})
-    metrics = [Metric(k, float(m[k]), 0, m["epoch"]) for m in outcome.history for k in METRICS]
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(m[k]), now, m["epoch"]) for m in outcome.history for k in METRICS]
     params = [Param(k, str(v)) for k, v in {**recipe.config, "seed": recipe.seed}.items()]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000],

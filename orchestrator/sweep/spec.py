@@ -30,6 +30,7 @@ from models.config import MODEL_KEYS, RULES
 from models.data import DataError, DataSpec
 from models.objective import METRICS, Objective
 from orchestrator.strategies import budget, parse_strategy, to_dict
+from orchestrator.tracking.registry import MODEL_NAME
 from searchspaces import SearchSpace, SpecError
 from searchspaces.fields import fail, flag, known, number, only_keys, section, unknown, whole
 from searchspaces.yamlio import load_mapping
@@ -47,8 +48,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # What the workdir holds besides sweeps: a sweep of one of these names would take its place.
 RESERVED_NAMES = ("mlflow.db", "mlartifacts", "ray", "babysit")
 MAX_SEED = 2**31 - 1  # torch and numpy take it, and seed + trial stays in range
-# A registered model's name: MLflow takes more, but this set needs no quoting anywhere.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
+
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def _register(raw: Mapping, source: str) -> Register | None:
         return None
     r = section(raw, "register", source)
     only_keys(source, "register", r, ("name", "promote"))
-    if not isinstance(r.get("name"), str) or not _MODEL_NAME.match(r["name"]):
+    if not isinstance(r.get("name"), str) or not MODEL_NAME.match(r["name"]):
         raise fail(source, "register.name", "must name the registered model: 1-100 letters, "
                    f"digits, spaces, '.', '_' or '-', got {r.get('name')!r}")
     return Register(r["name"], flag(source, "register.promote", r.get("promote", False)))

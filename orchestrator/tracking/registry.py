@@ -15,6 +15,7 @@ when done. A lease that ran out (its holder died) is broken by the next taker.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,17 @@ LOCK_PREFIX = "caviar-lock."
 
 class RegistryError(Exception):
     """The registry does not hold what was asked for (a model, a version, an alias)."""
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
+
+
+def check_model_name(name: str, what: str = "the model's name") -> str:
+    """A registered model name MLflow takes and no filter string needs quoted."""
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise RegistryError(f"{what} {name!r}: 1-100 letters, digits, spaces, '.', '_' or "
+                            "'-', starting with a letter or digit")
+    return name
 
 
 def version_tags(config: dict, metrics: dict, hardware: dict, tags: dict) -> dict:

@@ -73,7 +73,7 @@ def ensure_sqlite_store(uri: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_store(uri: str, model: str | None = None) -> None:
+def check_store(uri: str, model: str | None = None, what: str | None = None) -> None:
     """Refuses an embedded store that is not there: nothing is registered in it, and
     creating it would only hide a wrong ``--workdir``.
 
@@ -82,9 +82,10 @@ def check_store(uri: str, model: str | None = None) -> None:
     """
     if store_missing(uri):
         so = f" (so no model {model!r})" if model else ""
+        made = f"that recorded {what}" if what else "that registered " + (
+            "it" if model else "the model")
         raise StoreMissing(f"no MLflow store at {uri}{so}: pass --tracking-uri, or the "
-                           "--workdir of the sweep that registered "
-                           + ("it" if model else "the model"))
+                           f"--workdir of the sweep {made}")
 
 
 def registry_client(uri: str, model: str | None = None):

@@ -197,14 +197,20 @@ def test_a_killed_worker_resumed_loses_no_epoch_and_logs_none_twice(babysat):
     done = b.cli("start", "--resume", b.name)
     assert done.returncode == 0, done.stderr
     reached = b.wait_epoch(b.epoch() + 3)
-    b.ask("stop")
+    b.kill()  # and again: a stop now closes the record itself and registers the best epoch
+    time.sleep(0.5)
+    done = b.cli("stop", b.name, "--register", "killed-model")
+    assert done.returncode == 0, done.stderr
     steps = b.steps("b0")
     assert sorted(steps) == list(range(1, max(steps) + 1)) and max(steps) >= reached
     assert len(steps) == len(set(steps)), "an epoch was logged twice"
     kinds = [e["kind"] for e in b.record.lineage().events]
-    assert kinds.count("worker") == 2 and "nudge" in kinds and kinds[-1] == "stopped"
+    assert kinds.count("worker") == 2 and "nudge" in kinds and kinds[-2:] == ["stopped",
+                                                                             "register"]
     lr = b.metric("b0", "hp_lr")
     assert lr[max(steps)] == 0.02
+    val = b.metric("b0", "val_loss")
+    assert json.loads(done.stdout)["epoch"] == min(val, key=val.get)  # the best, not the last
 
 
 @pytest.mark.parametrize("item, fragment", [
@@ -267,8 +273,12 @@ def test_stop_registers_the_best_epoch_and_any_epoch_can_be_registered(babysat, 
     b.wait_epoch(5)
     held = b.ask("pause")["epoch"]
     b.ask("revert", "--epoch", str(held - 1))
-    event = b.ask("stop", "--register", "bs-model")
-    assert event["kind"] == "stop" and event["register"] == "bs-model"
+    done = b.cli("stop", b.name, "--register", "bad/name", "--wait", "60")
+    assert done.returncode == 2 and "--register 'bad/name'" in done.stderr
+    done = b.cli("stop", b.name, "--register", "bs-model", "--wait", "120")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["register"] == "bs-model"  # the stop event
+    assert f"registered epoch {held - 1} of b0 as 'bs-model' version 1" in done.stderr
     uri = embedded_uri(b.workdir)
     client = MlflowClient(uri, registry_uri=uri)
     v1 = client.get_model_version("bs-model", "1")
@@ -285,6 +295,9 @@ def test_stop_registers_the_best_epoch_and_any_epoch_can_be_registered(babysat, 
                                        "branch": "b0"}
     done = b.cli("register", b.name, "bs-model", "--epoch", "1")
     assert done.returncode == 2 and "no checkpoint of epoch 1" in done.stderr
+    history = b.record.lineage().events
+    assert [(e["model"], e["version"]) for e in history if e["kind"] == "register"] == [
+        ("bs-model", "1"), ("bs-model", "2")]
     follow = b.cli("status", b.name, "--follow")  # a run that ended: one picture, then out
     assert follow.returncode == 0 and "stopped" in follow.stdout and "revert to epoch" in \
         follow.stdout
@@ -357,3 +370,22 @@ def test_on_a_tracking_server_the_server_is_all_the_run_and_its_commands_share(
         assert client.get_model_version("served", "1").tags["caviar.babysit"] == b.name
     finally:
         server.stop()
+
+
+def test_two_starts_of_one_name_at_once_make_one_run(tmp_path, no_outside_services):
+    sweep = write(tmp_path)
+    argv = [sys.executable, "-m", "orchestrator.cli", "babysit", "start", str(sweep), "--name",
+            "twin", "--epoch-delay", DELAY, "--workdir", str(tmp_path / "runs")]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    record = None
+    try:
+        assert sorted(p.returncode for p in procs) == [0, 2], outs
+        assert any("a babysat run named 'twin' exists" in err for _, err in outs)
+        record = Record.find(embedded_uri(tmp_path / "runs"), "twin")
+        listed = caviar("babysit", "list", "--json", "--workdir", tmp_path / "runs")
+        assert [r["name"] for r in json.loads(listed.stdout)] == ["twin"]
+    finally:
+        if record is not None:
+            os.kill(int(json.loads(record.tags()[WHERE])["pid"]), signal.SIGKILL)

@@ -230,7 +230,7 @@ def test_a_one_cpu_cluster_flips_the_verdict_to_panda_and_refuses_a_trial_too_bi
                                "the largest has 1 CPU")
 
 
-@pytest.mark.parametrize("hours", ["0", "-1", "nan"])
+@pytest.mark.parametrize("hours", ["0", "-1", "nan", "inf", "1e9"])
 def test_hours_must_be_above_zero(capsys, write_sweep, hours):
     code, out, err = run_main(capsys, "plan", write_sweep(), "--hours", hours)
     assert (code, out) == (2, "")

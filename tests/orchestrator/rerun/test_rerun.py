@@ -115,6 +115,15 @@ def test_unknown_runs_and_runs_that_are_not_trials_are_bad_input(swept, capsys):
     code, _, err = run_main(capsys, "rerun", "--trial", "x", "--workdir", workdir)
     assert code == 2
     assert_one_paragraph_error(err, "needs a trial's RUN_ID, or --trial ID --sweep NAME")
+    code, _, err = run_main(capsys, "rerun", "--workdir", workdir.parent / "nowhere")
+    assert code == 2  # what is missing first, not the store it would have looked in
+    assert_one_paragraph_error(err, "needs a trial's RUN_ID")
+    run = best["grid"]["mlflow_run_id"]
+    for args, fragment in ((("--device", "tpu"), "--device 'tpu': this machine has cpu"),
+                           (("--threads", "0"), "--threads must be >= 1, got 0")):
+        code, out, err = run_main(capsys, "rerun", run, *args, "--workdir", workdir)
+        assert code == 2 and out == ""
+        assert_one_paragraph_error(err, fragment)
 
 
 def test_a_changed_data_file_is_reported_as_a_fingerprint_mismatch(tmp_path, capsys,
