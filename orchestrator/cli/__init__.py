@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a failure, not bad input: one line unless debugging
         if os.environ.get("CAVIAR_DEBUG"):
             raise
-        print(f"caviar: failed: {type(e).__name__}: {e} (set CAVIAR_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"caviar: failed: {type(e).__name__}: {first[:500]} (set CAVIAR_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
         return EXIT_FAILURE
 
 

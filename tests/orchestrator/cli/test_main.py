@@ -51,15 +51,13 @@ def write_yaml(path, mapping: dict):
     return path
 
 
-def corrupt_model(tmp_path):
-    """A model folder whose model.json is not JSON; returns (folder, a data file)."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "model.json").write_text("{not json")
-    (folder / "weights.pt").write_bytes(b"\0" * 16)
-    rows = tmp_path / "rows.csv"
-    rows.write_text("x0,x1\n1,2\n")
-    return folder, rows
+def corrupt_store(tmp_path):
+    """A workdir whose mlflow.db is not a database (a disk fault, not the user's input):
+    any command that opens it fails, exit 1. Returns the workdir."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "mlflow.db").write_bytes(b"not a database " * 300)
+    return workdir
 
 
 # --- the parser ---------------------------------------------------------------------------
@@ -226,20 +224,20 @@ def test_a_held_lock_exits_3_naming_its_holder(capsys, store):
 
 
 def test_a_failure_exits_1_with_one_line_naming_the_exception(capsys, tmp_path):
-    folder, rows = corrupt_model(tmp_path)
-    with pytest.raises(json.JSONDecodeError) as expected:
-        json.loads((folder / "model.json").read_text())
-    code, out, err = run_main(capsys, "predict", folder, rows)
+    workdir = corrupt_store(tmp_path)
+    code, out, err = run_main(capsys, "promote", "m", "--version", "1", "--workdir", workdir)
     assert code == 1 and out == ""
-    assert err == (f"caviar: failed: JSONDecodeError: {expected.value} "
-                   "(set CAVIAR_DEBUG=1 for the traceback)\n")
+    assert err.startswith("caviar: failed: DatabaseError: (sqlite3.DatabaseError) file is not "
+                          "a database")
+    assert err.endswith(" (set CAVIAR_DEBUG=1 for the traceback)\n")
+    assert len(err.splitlines()) == 1  # SQLAlchemy's message spans lines: the first is kept
 
 
 def test_caviar_debug_lets_the_failure_propagate(capsys, monkeypatch, tmp_path):
-    folder, rows = corrupt_model(tmp_path)
+    workdir = corrupt_store(tmp_path)
     monkeypatch.setenv("CAVIAR_DEBUG", "1")
-    with pytest.raises(json.JSONDecodeError):
-        main(["predict", str(folder), str(rows)])
+    with pytest.raises(Exception, match="file is not a database"):
+        main(["promote", "m", "--version", "1", "--workdir", str(workdir)])
     assert "caviar: failed" not in capsys.readouterr().err
 
 
@@ -259,14 +257,14 @@ def env_without_debug(**extra: str) -> dict:
 
 
 def test_a_failure_with_caviar_debug_prints_the_traceback(tmp_path):
-    folder, rows = corrupt_model(tmp_path)
-    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "predict", str(folder),
-                          str(rows)], cwd=REPO, env=env_without_debug(CAVIAR_DEBUG="1"),
-                         capture_output=True, text=True, timeout=120)
+    workdir = corrupt_store(tmp_path)
+    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "promote", "m", "--version",
+                          "1", "--workdir", str(workdir)], cwd=REPO,
+                         env=env_without_debug(CAVIAR_DEBUG="1"), capture_output=True,
+                         text=True, timeout=120)
     assert ran.returncode == 1 and ran.stdout == ""
     assert "Traceback (most recent call last)" in ran.stderr
-    assert ran.stderr.rstrip().splitlines()[-1].startswith("json.decoder.JSONDecodeError: ")
-    assert "caviar: failed" not in ran.stderr
+    assert "file is not a database" in ran.stderr and "caviar: failed" not in ran.stderr
 
 
 def test_ctrl_c_during_train_exits_130(tmp_path):
