@@ -20,8 +20,6 @@ from orchestrator.cli._common import (
 from orchestrator.cli.spaces import inside, parse_set_item, parse_sets
 
 POLL_S = 0.5
-SPARKS = "▁▂▃▄▅▆▇█"
-STATUS_KEYS = ("train_loss", "val_loss", "val_accuracy", "lr")
 
 
 def _uri(args, from_file: str | None = None) -> str:
@@ -446,46 +444,6 @@ def _stop_dead(args, record) -> int:
 
 # -- reading --------------------------------------------------------------------------
 
-def status(record) -> dict:
-    """The run as one JSON-able object: state, epoch, branch, hyperparameters in force,
-    per-epoch metrics along the current line, every branch and the history."""
-    from orchestrator.panda.launch import alive
-    from orchestrator.panda.worker import HP_METRICS
-
-    tags, lineage = record.tags(), record.lineage()
-    running, why = alive(tags)
-    rows, line = [], lineage.line()
-    for b, after in zip(line, [*line[1:], None]):
-        upto = after.from_epoch if after else float("inf")  # then the next branch's
-        for epoch, m in sorted(record.history(b, (*STATUS_KEYS, *_hp(HP_METRICS))).items()):
-            if b.from_epoch < epoch <= upto:
-                rows.append({"branch": b.id, **m})
-    state = tags.get("caviar.state")
-    return {"name": lineage.name, "state": state if running or state in (
-                "stopped", "completed", "failed") else "lost",
-            "alive": running, "where": why, "epoch": int(tags.get("caviar.epoch", 0)),
-            "epochs": lineage.epochs, "branch": lineage.current, "paused": lineage.paused,
-            "hyperparameters": lineage.hparams,
-            "metrics": rows,
-            "branches": [asdict(b) for b in lineage.branches], "history": lineage.events,
-            "pending": [{"request": r, **body} for r, body in record.pending(tags)],
-            "mlflow": {"tracking_uri": record.uri, "run_id": record.run_id}}
-
-
-def _hp(keys) -> tuple[str, ...]:
-    return tuple(f"hp_{k}" for k in keys)
-
-
-def sparkline(values: list[float]) -> str:
-    finite = [v for v in values if v == v and abs(v) != float("inf")]
-    if not finite:
-        return ""
-    lo, hi = min(finite), max(finite)
-    span = (hi - lo) or 1.0
-    return "".join(SPARKS[min(int((v - lo) / span * len(SPARKS)), len(SPARKS) - 1)]
-                   if v in finite else "!" for v in values)
-
-
 def _event_line(e: dict) -> str:
     what = {"nudge": lambda: "nudge " + ", ".join(f"{k} {e['before'].get(k)!r} -> {v!r}"
                                                  for k, v in e["set"].items())
@@ -519,6 +477,8 @@ def print_status(s: dict, out=None) -> None:
                    for k, v in s["hyperparameters"].items())
     print(f"  in force: {hp}", file=out)
     rows = s["metrics"]
+    from orchestrator.panda.status import sparkline
+
     print(f"  val_loss {sparkline([r.get('val_loss', float('nan')) for r in rows])}", file=out)
     print(f"  {'epoch':>5} {'branch':<6} {'train_loss':>10} {'val_loss':>10} "
           f"{'val_acc':>8} {'lr':>9}", file=out)
@@ -534,6 +494,8 @@ def print_status(s: dict, out=None) -> None:
 
 
 def cmd_status(args) -> int:
+    from orchestrator.panda.status import status
+
     record = _find(args)
     while True:
         s = status(record)

@@ -5,5 +5,7 @@
 - ``worker``: the training loop that applies requests at epoch boundaries.
 - ``launch``: starting the worker (a background process here, a detached Ray actor on
   a cluster), and telling whether it is alive.
+- ``status``: a run as one object (what ``babysit status`` shows); ``curve``: its plot;
+  ``register``: any epoch as a model version.
 - ``plan``: times one trial here or on a cluster and says panda or caviar.
 """

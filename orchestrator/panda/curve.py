@@ -35,9 +35,7 @@ def plot_curve(lineage: Lineage, histories: dict[str, dict[int, dict]], out: Pat
     """Draws the curve into ``out`` (PNG, written atomically)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    line = lineage.line()
-    kept_until = {b.id: (after.from_epoch if after else float("inf"))
-                  for b, after in zip(line, [*line[1:], None])}
+    kept_until = {b.id: upto for b, upto in lineage.spans()}
     for b in lineage.branches:
         points = _line_points(lineage, histories, b.id)
         upto = kept_until.get(b.id, -1)  # the current line: solid; what was left: dashed

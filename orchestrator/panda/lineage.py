@@ -59,6 +59,13 @@ class Lineage:
                 return out
             b = self.branch(b.parent)
 
+    def spans(self, branch_id: str | None = None) -> list[tuple[Branch, float]]:
+        """The line's branches, oldest first, each with the last epoch of the line it
+        holds (the next branch's fork; the newest holds all that follow: inf)."""
+        line = self.line(branch_id)
+        return [(b, after.from_epoch if after else float("inf"))
+                for b, after in zip(line, [*line[1:], None])]
+
     def owner(self, epoch: int, branch_id: str | None = None) -> Branch:
         """The branch whose run holds epoch ``epoch``'s checkpoint on ``branch_id``'s line."""
         for b in reversed(self.line(branch_id)):

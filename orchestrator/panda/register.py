@@ -21,14 +21,11 @@ METRICS = ("train_loss", "val_loss", "val_accuracy")
 def best_epoch(record: Record, lineage: Lineage, metric: dict) -> tuple[int, Branch] | None:
     """The current line's best epoch by the sweep's metric among those whose checkpoint is
     still there (``keep:`` may have deleted the very best), and the branch holding it."""
-    import math
-
     from models.objective import Objective
 
     objective = Objective(**metric)
-    line, scored = lineage.line(), []
-    for b, after in zip(line, [*line[1:], None]):
-        upto = after.from_epoch if after else math.inf
+    scored = []
+    for b, upto in lineage.spans():
         kept = set(record.checkpoint_epochs(b))
         scored += [(m[objective.name], e) for e, m in record.history(b, (objective.name,)).items()
                    if b.from_epoch < e <= upto and e in kept]

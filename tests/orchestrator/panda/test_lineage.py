@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models.config import HParams
-from orchestrator.cli.babysit import _ranges, sparkline
+from orchestrator.cli.babysit import _ranges
 from orchestrator.panda.lineage import Branch, Lineage
+from orchestrator.panda.status import sparkline
 
 
 def lineage_with_forks() -> Lineage:
@@ -31,6 +32,8 @@ def test_the_owner_of_an_epoch_is_found_up_the_forks(epoch, line, owner):
 def test_forks_abandon_the_branch_left_and_round_trip_through_json():
     lin = lineage_with_forks()
     assert lin.current == "b3" and [b.id for b in lin.line()] == ["b0", "b3"]
+    assert [(b.id, upto) for b, upto in lin.spans("b2")] == [("b0", 3), ("b1", 5),
+                                                             ("b2", float("inf"))]
     assert [b.status for b in lin.branches] == ["abandoned"] * 3 + ["running"]
     lin.record("nudge", 9, "req-1", set={"lr": 0.05})
     again = Lineage.from_dict(lin.to_dict())
