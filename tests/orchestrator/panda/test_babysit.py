@@ -49,6 +49,7 @@ class Babysat:
         assert done.returncode == 0, done.stderr
         self.name = done.stdout.strip()
         self.record = Record.find(uri or embedded_uri(self.workdir), self.name)
+        self.first_pid = self.pid()  # for the clean-up, should the store be gone by then
 
     def cli(self, *args, own_process: bool = False):
         """``caviar babysit ARGS``: in its own process (as from another terminal) when
@@ -98,9 +99,14 @@ class Babysat:
         return int(json.loads(self.tags()[WHERE])["pid"])
 
     def kill(self) -> None:
+        """The worker's process (the newest the record names, else the first) is killed."""
         try:
-            os.kill(self.pid(), signal.SIGKILL)
-        except (ProcessLookupError, KeyError):
+            pid = self.pid()
+        except Exception:  # noqa: BLE001 - the tracking server already stopped
+            pid = self.first_pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 

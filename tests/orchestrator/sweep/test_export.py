@@ -246,8 +246,15 @@ def test_a_locked_model_is_registered_but_not_promoted(store, tmp_path, model_di
 
 
 def test_a_name_mlflow_refuses_is_reported_not_raised(store, tmp_path, model_dir):
+    import dataclasses
+
+    from orchestrator.sweep.spec import Register
+
     sink = _parent(store, tmp_path, model_dir)
-    spec = _spec(tmp_path, register={"name": "team/model"})
+    # validate refuses such a name now; the export still reports, never raises, what
+    # the registry refuses
+    spec = dataclasses.replace(_spec(tmp_path, register={"name": "m"}),
+                               register=Register("team/model"))
     stream = io.StringIO()
     assert export.register_best(sink, spec, _summary(), model_dir, stream, HW) is None
     text = stream.getvalue()
