@@ -72,6 +72,15 @@ def _bad_input() -> tuple[type[Exception], ...]:
             RerunError, StateDamaged)
 
 
+def failure_line(e: BaseException) -> str:
+    """A failure in one line: the exception's type and its message's first line, or, for
+    one that wraps a traceback as text (Ray Tune's TuneError), the exception it ends with."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback") and len(lines) > 1:
+        return f"{type(e).__name__}: {lines[-1][:500]}"
+    return f"{type(e).__name__}: {lines[0][:500] if lines else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from orchestrator.tracking.registry import Locked
@@ -93,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a failure, not bad input: one line unless debugging
         if os.environ.get("CAVIAR_DEBUG"):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"caviar: failed: {type(e).__name__}: {first[:500]} (set CAVIAR_DEBUG=1 for the "
-              "traceback)", file=sys.stderr)
+        print(f"caviar: failed: {failure_line(e)} (set CAVIAR_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return EXIT_FAILURE
 
 

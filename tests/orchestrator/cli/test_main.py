@@ -290,3 +290,13 @@ def test_ctrl_c_during_train_exits_130(tmp_path):
     assert out == ""  # no result line: the run did not finish
     assert rest.rstrip().endswith("caviar: interrupted")
     assert "Traceback" not in rest
+
+
+def test_a_failure_wrapping_a_traceback_is_named_by_the_exception_it_ends_with():
+    from orchestrator.cli import failure_line
+
+    wrapped = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                           "OSError: [Errno 28] No space left on device\n")
+    assert failure_line(wrapped) == "RuntimeError: OSError: [Errno 28] No space left on device"
+    assert failure_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert failure_line(KeyError()) == "KeyError: "
