@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 from dataclasses import asdict, dataclass, field
 
 from ray.tune.search import Searcher
@@ -140,12 +139,13 @@ class Strategy(Searcher):
         self.write_state()
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self._state(), f)
+        """The strategy's state as JSON, not a pickle: a file in the trial storage must
+        not be able to run code on --resume (Tune's own tuner.pkl still can: README)."""
+        atomic_write(checkpoint_path, json.dumps(self._state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self._load_state(pickle.load(f))
+        with open(checkpoint_path, encoding="utf-8") as f:
+            self._load_state(json.loads(f.read()))
 
     # -- for subclasses ------------------------------------------------------------------
 
@@ -156,12 +156,14 @@ class Strategy(Searcher):
         """Called after a trial is marked done; coarse-to-fine closes rounds here."""
 
     def _state(self) -> dict:
-        return {"trials": self.trials, "rounds": self.rounds, "metric": self._metric,
+        """What save writes: plain JSON values only (subclasses add theirs)."""
+        return {"trials": {k: asdict(v) for k, v in self.trials.items()},
+                "rounds": [asdict(r) for r in self.rounds], "metric": self._metric,
                 "mode": self._mode}
 
     def _load_state(self, state: dict) -> None:
-        self.trials = state["trials"]
-        self.rounds = state["rounds"]
+        self.trials = {k: TrialRecord(**v) for k, v in state["trials"].items()}
+        self.rounds = [RoundRecord(**r) for r in state["rounds"]]
         self._metric, self._mode = state["metric"], state["mode"]
 
     # -- shared helpers ------------------------------------------------------------------

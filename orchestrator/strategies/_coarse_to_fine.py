@@ -166,8 +166,9 @@ class CoarseToFineStrategy(Strategy):
         return super().edges(self.edge_margin if margin is None else margin)
 
     def _state(self) -> dict:
-        return {**super()._state(), "round": self.round, "box": self.box}
+        return {**super()._state(), "round": self.round,
+                "box": {"intervals": self.box.intervals, "choices": self.box.choices}}
 
     def _load_state(self, state: dict) -> None:
         super()._load_state(state)
-        self.round, self.box = state["round"], state["box"]
+        self.round, self.box = state["round"], _Box(**state["box"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from ray import tune
 
 from orchestrator.strategies._base import Strategy, whole_space_round
@@ -17,6 +18,16 @@ from orchestrator.strategies._random import TrialBudget
 
 def _coord(i: int) -> str:
     return f"u{i}"
+
+
+def _rngs(sampler) -> list:
+    """The TPE sampler's random states: its own, and its start-up random sampler's."""
+    return [sampler._rng.rng, sampler._random_sampler._rng.rng]
+
+
+def _rng_state(rng) -> list:
+    name, keys, pos, has_gauss, gauss = rng.get_state()
+    return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)]
 
 
 class TpeStrategy(Strategy):
@@ -57,9 +68,33 @@ class TpeStrategy(Strategy):
         return v if v is not None and math.isfinite(v) else 1e12 * self.objective.sign
 
     def _state(self) -> dict:
-        # OptunaSearch has no get_state; its own save() pickles its __dict__ (the study).
-        return {**super()._state(), "inner": self.inner.__dict__.copy()}
+        """The Optuna study as plain values: each trial's point, value and state, which
+        caviar trial is still running as which, and the sampler's random states, so the
+        restored study suggests what the original would have (OptunaSearch's own save
+        pickles the study)."""
+        study = self.inner._ot_study
+        trials = [{"number": t.number, "params": t.params, "value": t.value,
+                   "state": t.state.name} for t in study.get_trials(deepcopy=False)]
+        running = {tid: t.number for tid, t in self.inner._ot_trials.items()
+                   if trials[t.number]["state"] == "RUNNING"}
+        return {**super()._state(), "study": trials, "running": running,
+                "rng": [_rng_state(r) for r in _rngs(study.sampler)]}
 
     def _load_state(self, state: dict) -> None:
+        from optuna.distributions import FloatDistribution
+        from optuna.trial import TrialState, create_trial
+
         super()._load_state(state)
-        self.inner.__dict__.update(state["inner"])
+        study = self.inner._ot_study
+        unit = {_coord(i): FloatDistribution(0.0, 1.0) for i in range(len(self.space.tuned))}
+        asked = {}
+        for t in state["study"]:  # in number order, so each gets its number back
+            if t["state"] == "RUNNING":
+                study.enqueue_trial(t["params"])
+                asked[t["number"]] = study.ask(fixed_distributions=unit)
+            else:
+                study.add_trial(create_trial(params=t["params"], distributions=unit,
+                                             value=t["value"], state=TrialState[t["state"]]))
+        self.inner._ot_trials = {tid: asked[n] for tid, n in state["running"].items()}
+        for rng, saved in zip(_rngs(study.sampler), state["rng"]):
+            rng.set_state((saved[0], np.array(saved[1], dtype=np.uint32), *saved[2:]))

@@ -180,6 +180,7 @@ def test_restore_continues_with_the_configs_the_original_would_have_produced(kin
     tune = Tune(original, concurrency=2).run(until=mid)
     path = tmp_path / "searcher.pkl"
     original.save(str(path))
+    assert isinstance(json.loads(path.read_text()), dict)  # JSON, not a pickle: no code
     saved_report = original.report()
     running, done_so_far = list(tune.running), list(tune.configs)
     expected = tune.run().configs[mid:]
