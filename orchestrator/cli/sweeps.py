@@ -25,13 +25,16 @@ def cmd_sweep(args) -> int:
     spec = load_sweep(args.file)
     if args.resume and args.fresh:
         raise UsageError("--resume and --fresh exclude each other")
-    from orchestrator.sweep.run import SweepError, SweepInterrupted, run_sweep
+    from orchestrator.sweep.run import DiskFull, SweepError, SweepInterrupted, run_sweep
 
     try:
         summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
                             fresh=args.fresh, tracking_uri=args.tracking_uri)
     except SweepError as e:
         raise UsageError(str(e)) from None
+    except DiskFull as e:
+        print(f"caviar: failed: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except SweepInterrupted as e:
         print(f"caviar: interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

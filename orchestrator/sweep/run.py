@@ -53,6 +53,41 @@ class SweepError(Exception):
     """The sweep cannot start or go on; the message says why and what to do (exit 2)."""
 
 
+class DiskFull(Exception):
+    """The disk holding the workdir filled up mid-sweep: exit 1, with the way on."""
+
+
+MIN_FREE_BYTES = 16 * 2**20  # below this the workdir's disk is full for a sweep's purposes
+
+
+def _free(paths: SweepPaths) -> int:
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(paths.workdir).free
+
+
+def check_free_space(spec: SweepSpec, paths: SweepPaths) -> None:
+    """A disk already full is refused before anything is written (exit 2)."""
+    free = _free(paths)
+    if free < MIN_FREE_BYTES:
+        raise SweepError(f"{paths.workdir}: its disk has {free / 2**20:.1f} MB free, under the "
+                         f"{MIN_FREE_BYTES // 2**20} MB a sweep needs for its records and "
+                         "checkpoints: free some space, or pass another --workdir")
+
+
+def _disk_full(spec: SweepSpec, paths: SweepPaths) -> DiskFull | None:
+    """After a sweep failed or lost trials: the reason in one paragraph when it was the
+    disk (a full disk shows up as torch's "unexpected pos", sqlite's "disk is full"...)."""
+    free = _free(paths)
+    if free >= MIN_FREE_BYTES:
+        return None
+    leftovers = list(paths.dir.glob("*.tmp")) if paths.dir.exists() else []
+    for tmp in leftovers:  # half-written records: the originals beside them are whole
+        tmp.unlink(missing_ok=True)
+    return DiskFull(f"the disk holding {paths.workdir} is full ({free / 2**20:.1f} MB free): "
+                    f"sweep {spec.name!r} stopped with what it had recorded; free some space, "
+                    f"then `caviar sweep {spec.source} --resume --workdir {paths.workdir}`")
+
+
 class SweepInterrupted(Exception):
     """Ctrl-C (or a stop) ended the sweep before its budget: resume it (exit 130)."""
 
@@ -190,6 +225,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     paths = SweepPaths.of(spec.name, workdir)
     started = time.time()
     check_start(spec, paths, resume, fresh)
+    check_free_space(spec, paths)
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
     connect(address)
     check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
@@ -209,9 +245,18 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     thread = SyncThread(sink, stream=stream).start() if sink else None
     try:
         results = tuner.fit()
+    except Exception as e:
+        full = _disk_full(spec, paths)
+        if full is not None:
+            raise full from e
+        raise
     finally:
         if thread is not None:
             thread.stop_soon()
+    if results.errors:
+        full = _disk_full(spec, paths)
+        if full is not None:
+            raise full
     for trial_dir in paths.experiment.glob("trial_*"):  # over: keep the last two of each
         prune_checkpoints(trial_dir)
     shutil.rmtree(paths.experiment / ORPHANS, ignore_errors=True)

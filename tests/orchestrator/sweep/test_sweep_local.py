@@ -188,3 +188,55 @@ def test_a_copied_workdir_is_not_resumed_into_the_original(write_sweep, tmp_path
         run_sweep(spec, tmp_path / "w2", resume=True)
     assert (log.stat().st_mtime_ns, log.read_bytes()) == before  # the original untouched
     assert run_sweep(spec, tmp_path / "w1", resume=True)["trials"]["total"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a few MB (tmpfs, mounted as root): the disk that fills up."""
+    import subprocess
+
+    from services import IN_CI
+
+    mounts = []
+
+    def mount(megabytes: int):
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if done.returncode != 0:  # CI runs as root (it installs with apt-get): fail there
+            why = f"cannot mount a tmpfs ({done.stderr.strip()}): these tests need root"
+            pytest.fail(why) if IN_CI else pytest.skip(why)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_disk_that_fills_mid_sweep_ends_it_in_one_paragraph(write_sweep, small_disk):
+    from orchestrator.sweep.run import DiskFull
+
+    # nets of 1,500 units: a checkpoint is ~27 MB, so the first trial fills 40 MB
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 3}, epochs=3,
+                                  space={"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
+                                         "hidden_units": {"fixed": 1500}}))
+    workdir = small_disk(40) / "w"
+    with pytest.raises(DiskFull) as e:
+        run_sweep(spec, workdir)
+    message = str(e.value)
+    assert message.startswith(f"the disk holding {workdir} is full (")
+    assert f"caviar sweep {spec.source} --resume --workdir {workdir}" in message
+    assert "\n" not in message
+    assert not list(workdir.rglob("*.tmp")), "a half-written record was left behind"
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+def test_a_disk_already_full_is_refused_before_anything_is_written(write_sweep, small_disk):
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
+    workdir = small_disk(8) / "w"
+    with pytest.raises(SweepError, match=r"its disk has \d+\.\d MB free, under the 16 MB"):
+        run_sweep(spec, workdir)
+    assert list(workdir.iterdir()) == []
