@@ -18,10 +18,15 @@ class UsageError(Exception):
     """Bad command-line input (not in a file): exit 2."""
 
 
+def default_workdir() -> str:
+    """``--workdir`` when none is given: $CAVIAR_WORKDIR, else ./caviar-runs."""
+    return os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR)
+
+
 def workdir_parent() -> argparse.ArgumentParser:
     """The parent parser giving a command ``--workdir``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workdir", default=os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR),
+    common.add_argument("--workdir", default=default_workdir(),
                         help="where runs, checkpoints and the embedded MLflow store live "
                         "(default: $CAVIAR_WORKDIR, else ./caviar-runs; now %(default)s)")
     return common

@@ -15,6 +15,7 @@ from orchestrator.cli._common import (
     EXIT_OK,
     UsageError,
     add_tracking_uri,
+    default_workdir,
     json_safe,
 )
 from orchestrator.cli.spaces import inside, parse_set_item, parse_sets
@@ -67,9 +68,9 @@ def _run_config(args, spec) -> dict:
 
 
 def _free_name(uri: str, sweep: str) -> str:
-    from orchestrator.panda.channel import _babysat_runs
+    from orchestrator.panda.channel import babysat_runs
 
-    taken = {r.data.tags.get("caviar.babysit") for r in _babysat_runs(uri)}
+    taken = {r.data.tags.get("caviar.babysit") for r in babysat_runs(uri)}
     return next(f"{sweep}-{n}" for n in range(1, len(taken) + 2) if f"{sweep}-{n}" not in taken)
 
 
@@ -79,7 +80,7 @@ def cmd_start(args) -> int:
     if not args.file:
         raise UsageError("babysit start needs a SWEEP.yaml (or --resume NAME)")
     from models.data import DataSpec, load
-    from orchestrator.panda.channel import BabysitError, Record, _babysat_runs, check_name
+    from orchestrator.panda.channel import BabysitError, Record, babysat_runs, check_name
     from orchestrator.sweep.spec import load_sweep
 
     spec = load_sweep(args.file)
@@ -87,10 +88,10 @@ def cmd_start(args) -> int:
     uri = _uri(args, spec.tracking.uri)
     load(DataSpec(**config["data"]), config["base_dir"])  # bad data: exit 2 before anything
     if args.address:  # a run no node can hold, or a store it cannot reach: exit 2 too
-        _check_cluster(args.address, uri, spec)
+        _check_cluster(args.address, uri, spec.resources.to_dict(), spec.source)
     with _name_lock(uri, args.name or spec.name):
         name = check_name(args.name, "--name") if args.name else _free_name(uri, spec.name)
-        if _babysat_runs(uri, f"tags.`caviar.babysit` = '{name}'"):
+        if babysat_runs(uri, f"tags.`caviar.babysit` = '{name}'"):
             raise BabysitError(f"a babysat run named {name!r} exists in {uri}: pick another "
                                f"--name, or continue it with `caviar babysit start --resume "
                                f"{name}`")
@@ -143,7 +144,7 @@ class _Waiting:
         self.lock.release()
 
 
-def _check_cluster(address: str, uri: str, spec) -> None:
+def _check_cluster(address: str, uri: str, resources: dict, source: str) -> None:
     """The cluster can hold one trial, and, for the embedded sqlite store, is this
     machine alone (the worker writes the store: another node would open its own file)."""
     import ray
@@ -151,7 +152,7 @@ def _check_cluster(address: str, uri: str, spec) -> None:
     from orchestrator.cluster.connect import check_resources, connect
 
     connect(address)
-    check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
+    check_resources(float(resources["cpu"]), float(resources["gpu"]), source)
     here = ray.util.get_node_ip_address()
     others = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} - {here}
     if uri.startswith("sqlite:") and others:
@@ -181,16 +182,8 @@ def _launch(args, record, name: str, config: dict) -> int:
 
 
 def _flags(args) -> str:
-    out = f" --workdir {args.workdir}" if args.workdir != _default_workdir() else ""
+    out = f" --workdir {args.workdir}" if args.workdir != default_workdir() else ""
     return out + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
-
-
-def _default_workdir() -> str:
-    import os
-
-    from orchestrator import DEFAULT_WORKDIR
-
-    return os.environ.get("CAVIAR_WORKDIR", DEFAULT_WORKDIR)
 
 
 def _resume(args) -> int:
@@ -218,21 +211,11 @@ def _resume(args) -> int:
             raise BabysitError(f"babysat run {args.resume!r} has trained all its "
                                f"{lineage.epochs} epochs: pass --epochs N (more) to go on")
         if args.address:
-            _check_cluster(args.address, uri, _Resources(config["resources"]))
+            _check_cluster(args.address, uri, config["resources"], config["source"])
         if args.epochs is not None:
             record.post("epochs", epochs=args.epochs)
         return _launch(args, record, args.resume,
                        {**config, "epochs": args.epochs or lineage.epochs})
-
-
-class _Resources:
-    """A stored run's resources where _check_cluster wants a sweep's."""
-
-    def __init__(self, resources: dict):
-        from types import SimpleNamespace
-
-        self.resources = SimpleNamespace(cpu=resources["cpu"], gpu=resources["gpu"])
-        self.source = "the run's sweep file"
 
 
 # -- requests -------------------------------------------------------------------------
@@ -511,11 +494,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from orchestrator.panda.channel import _babysat_runs
+    from orchestrator.panda.channel import babysat_runs
     from orchestrator.panda.launch import alive
 
     rows = []
-    for run in _babysat_runs(_uri(args)):
+    for run in babysat_runs(_uri(args)):
         tags = run.data.tags
         running, why = alive(tags)
         state = tags.get("caviar.state", "")

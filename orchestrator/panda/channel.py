@@ -79,9 +79,9 @@ class Record:
     @classmethod
     def find(cls, uri: str, name: str) -> Record:
         """The babysat run named ``name``; BabysitError naming the known ones if none."""
-        runs = _babysat_runs(uri, f"tags.`caviar.babysit` = '{check_name(name)}'")
+        runs = babysat_runs(uri, f"tags.`caviar.babysit` = '{check_name(name)}'")
         if not runs:
-            known = [r.data.tags["caviar.babysit"] for r in _babysat_runs(uri)]
+            known = [r.data.tags["caviar.babysit"] for r in babysat_runs(uri)]
             raise BabysitError(f"no babysat run {name!r} in {uri}{did_you_mean(name, known)}"
                                + (f"; there are: {', '.join(sorted(known))}" if known else
                                   "; `caviar babysit start SWEEP.yaml` starts one"))
@@ -233,7 +233,7 @@ def _params(config: dict) -> list:
     return [Param(k, str(v)) for k, v in fixed.items()]
 
 
-def _babysat_runs(uri: str, where: str = "") -> list:
+def babysat_runs(uri: str, where: str = "") -> list:
     """The babysat runs' parent runs in every experiment of the store, newest first."""
     if store_missing(uri):  # nothing babysat yet; creating the store would hide a typo
         return []

@@ -23,10 +23,12 @@ import math
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from models.config import HParams, MLPConfig
 from models.train import TrainingRun, resolve_device
@@ -280,9 +282,6 @@ class Worker:
         try:
             histories = {b.id: self.record.history(b, ("train_loss", "val_loss"))
                          for b in self.lineage.branches}
-            import tempfile
-            from pathlib import Path
-
             with tempfile.TemporaryDirectory(prefix="caviar-") as d:
                 out = plot_curve(self.lineage, histories, Path(d) / channel.CURVE_FILE)
                 self.record.client.log_artifact(self.record.run_id, str(out))

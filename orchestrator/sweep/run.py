@@ -80,9 +80,7 @@ def _disk_full(spec: SweepSpec, paths: SweepPaths) -> DiskFull | None:
     free = _free(paths)
     if free >= MIN_FREE_BYTES:
         return None
-    leftovers = list(paths.dir.glob("*.tmp")) if paths.dir.exists() else []
-    for tmp in leftovers:  # half-written records: the originals beside them are whole
-        tmp.unlink(missing_ok=True)
+    # no .tmp is left: models.files.atomic_path removes its own when a write fails
     return DiskFull(f"the disk holding {paths.workdir} is full ({free / 2**20:.1f} MB free): "
                     f"sweep {spec.name!r} stopped with what it had recorded; free some space, "
                     f"then `caviar sweep {spec.source} --resume --workdir {paths.workdir}`")
@@ -244,19 +242,10 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     sink = export.start_tracking(spec, paths, tracking_uri, strategy.budget, data)
     thread = SyncThread(sink, stream=stream).start() if sink else None
     try:
-        results = tuner.fit()
-    except Exception as e:
-        full = _disk_full(spec, paths)
-        if full is not None:
-            raise full from e
-        raise
+        results = _fit(tuner, spec, paths)
     finally:
         if thread is not None:
             thread.stop_soon()
-    if results.errors:
-        full = _disk_full(spec, paths)
-        if full is not None:
-            raise full
     for trial_dir in paths.experiment.glob("trial_*"):  # over: keep the last two of each
         prune_checkpoints(trial_dir)
     shutil.rmtree(paths.experiment / ORPHANS, ignore_errors=True)
@@ -264,6 +253,21 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     if not summary["complete"]:
         raise SweepInterrupted(_stopped(spec, paths, summary, strategy.budget))
     return summary
+
+
+def _fit(tuner, spec: SweepSpec, paths: SweepPaths):
+    """Tune's run; a failure or lost trials on a full disk are told as DiskFull."""
+    try:
+        results = tuner.fit()
+    except Exception as e:
+        full = _disk_full(spec, paths)
+        if full is not None:
+            raise full from e
+        raise
+    full = _disk_full(spec, paths) if results.errors else None
+    if full is not None:
+        raise full
+    return results
 
 
 def finish(spec: SweepSpec, paths: SweepPaths, results, started: float, budget: int, data,
