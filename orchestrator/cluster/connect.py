@@ -1,7 +1,9 @@
 """Where Ray runs: a cluster to join (``address`` / RAY_ADDRESS), else Ray in this process.
 
-Embedded default: ``ray.init()`` on the local cores, dashboard off. Every command
-that needs Ray (a sweep, the re-tune gate, the hardware probe) connects here.
+Embedded default: ``ray.init()`` on the local cores, dashboard off, every Ray
+process listening on 127.0.0.1 only, token authentication on (Ray's default for a
+local cluster). Every command that needs Ray (a sweep, the re-tune gate, the
+hardware probe) connects here.
 """
 
 from __future__ import annotations
@@ -9,6 +11,23 @@ from __future__ import annotations
 import os
 
 from searchspaces import SpecError
+
+# Ray's own switch for the loopback-only mode it uses on macOS and Windows. On Linux
+# Ray 2.60 otherwise binds its GCS, raylet and workers to every interface (and
+# ``_node_ip_address="127.0.0.1"`` does not change that).
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only() -> None:
+    """Makes the Ray this process starts listen on 127.0.0.1 only, unless the user set
+    LOOPBACK_ONLY to 1 (then other machines can join it: and run code on it)."""
+    if os.environ.setdefault(LOOPBACK_ONLY, "0") != "0":
+        return
+    from ray._private import ray_constants
+
+    # Read by Ray at import: this process may have imported Ray before (its children,
+    # the GCS, raylet and workers, read the variable).
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def connect(address: str | None = None, quiet: bool = True) -> None:
@@ -22,6 +41,7 @@ def connect(address: str | None = None, quiet: bool = True) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        loopback_only()
         ray.init(include_dashboard=False, **kwargs)
 
 
