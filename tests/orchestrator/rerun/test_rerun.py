@@ -20,11 +20,12 @@ SPACE = {"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
          "hidden_units": {"scale": "linear", "type": "int", "low": 16, "high": 48}}
 
 
-def sweep_file(folder, name: str, strategy: dict, data: dict | None = None):
+def sweep_file(folder, name: str, strategy: dict, data: dict | None = None,
+               space: dict | None = None, epochs: int = 3):
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": name, "data": data or {"source": "digits"}, "space": SPACE,
-        "strategy": strategy, "epochs": 3, "resources": {"cpu": 1}, "seed": 0}))
+        "name": name, "data": data or {"source": "digits"}, "space": space or SPACE,
+        "strategy": strategy, "epochs": epochs, "resources": {"cpu": 1}, "seed": 0}))
     return path
 
 
@@ -68,8 +69,19 @@ def test_each_strategys_best_trial_reruns_to_the_last_digit(swept, kind, capsys,
 
 
 def test_another_thread_count_is_named_as_the_difference(swept, capsys, no_outside_services):
-    workdir, best = swept
-    code, out, err = run_main(capsys, "rerun", best["random"]["mlflow_run_id"], "--threads",
+    """On a net wide enough that torch splits its products between 2 threads (the digits
+    sweeps' nets are small enough that some CPUs' MKL keeps them on one: identical)."""
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import load_sweep
+
+    workdir, _ = swept
+    wide = sweep_file(workdir.parent, "rr-wide", {"kind": "random", "trials": 1},
+                      data={"source": "synthetic", "size": 4000, "n_features": 256,
+                            "classes": 10},
+                      space={"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
+                             "hidden_units": {"fixed": 1024}}, epochs=1)
+    best = run_sweep(load_sweep(wide), workdir)["best"]
+    code, out, err = run_main(capsys, "rerun", best["mlflow_run_id"], "--threads",
                               "2", "--workdir", workdir)
     report = json.loads(out)
     assert code == 1 and not report["identical"] and report["max_diff"] > 0
