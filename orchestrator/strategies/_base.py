@@ -98,6 +98,20 @@ class Strategy(Searcher):
         self.state_file = str(state_file) if state_file else None
         self.trials: dict[str, TrialRecord] = {}
         self.rounds: list[RoundRecord] = []
+        self._index()
+
+    def _index(self) -> None:
+        """What the driver would otherwise scan every trial for, per suggestion or per
+        end: each round's trials started and ended, and the best ended trial. Kept as
+        trials come and go, rebuilt from ``trials`` on restore."""
+        self.started: dict[int, int] = {}  # round -> trials suggested in it
+        self.ended: dict[int, int] = {}  # round -> trials of it that ended
+        self.best_id: str | None = None  # the best ended trial with a finite score
+        self._dirty = True  # strategy.json behind what report() says
+        for tid, rec in self.trials.items():
+            self.started[rec.round] = self.started.get(rec.round, 0) + 1
+            if rec.done:
+                self._count_end(tid, rec)
 
     # -- Ray Tune's interface ------------------------------------------------------------
 
@@ -118,6 +132,7 @@ class Strategy(Searcher):
         config = self.space.config_from_unit(unit)
         trial_seed = self.seed * 100_003 + len(self.trials)
         self.trials[trial_id] = TrialRecord(round_, [float(u) for u in unit], dict(config))
+        self.started[round_] = self.started.get(round_, 0) + 1
         if self.rounds and self.rounds[-1].round == round_:
             self.rounds[-1].trials += 1
         return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}
@@ -134,9 +149,19 @@ class Strategy(Searcher):
             return
         if result:
             rec.score = self._better(rec.score, result.get(self.metric))
-        rec.done, rec.error = True, bool(error)
+        if not rec.done:
+            rec.done, rec.error = True, bool(error)
+            self._count_end(trial_id, rec)
         self._on_complete(trial_id)
-        self.write_state()
+        if self._dirty:
+            self.write_state()
+
+    def _count_end(self, trial_id: str, rec: TrialRecord) -> None:
+        self.ended[rec.round] = self.ended.get(rec.round, 0) + 1
+        score = self.score_of(rec)
+        if math.isfinite(score) and (self.best_id is None or self.objective.better(
+                score, self.score_of(self.trials[self.best_id]))):
+            self.best_id, self._dirty = trial_id, True  # the edge warnings may change
 
     def save(self, checkpoint_path: str) -> None:
         """The strategy's state as JSON, not a pickle: a file in the trial storage must
@@ -165,6 +190,7 @@ class Strategy(Searcher):
         self.trials = {k: TrialRecord(**v) for k, v in state["trials"].items()}
         self.rounds = [RoundRecord(**r) for r in state["rounds"]]
         self._metric, self._mode = state["metric"], state["mode"]
+        self._index()
 
     # -- shared helpers ------------------------------------------------------------------
 
@@ -212,11 +238,9 @@ class Strategy(Searcher):
 
         The playbook's warning: the best point is on the boundary, widen the space.
         """
-        done = [r for r in self.trials.values() if r.done and math.isfinite(self.score_of(r))]
-        if not done:
+        if self.best_id is None:
             return []
-        best = self.ranked(done)[0]
-        out = []
+        best, out = self.trials[self.best_id], []
         for p, u in zip(self.space.tuned, best.unit):
             if not hasattr(p, "scale"):
                 continue
@@ -229,10 +253,11 @@ class Strategy(Searcher):
         return out
 
     def write_state(self) -> None:
-        """Writes ``report()`` as JSON beside the sweep, for the driver's summary."""
+        """Writes ``report()`` as JSON beside the sweep, for the driver's summary: when a
+        round opens or the best trial changes, not at every trial's end (its size does not
+        grow with the trials: each round's count of trials is the event log's to tell)."""
+        self._dirty = False
         if not self.state_file:
             return
-        report = self.report()
-        report["trials"] = {tid: asdict(rec) for tid, rec in self.trials.items()}
         os.makedirs(os.path.dirname(self.state_file) or ".", exist_ok=True)
-        atomic_write(self.state_file, json.dumps(report, indent=1, default=str))
+        atomic_write(self.state_file, json.dumps(self.report(), indent=1, default=str))

@@ -127,17 +127,14 @@ class CoarseToFineStrategy(Strategy):
             return quasi_random_unit(d, n, seed)
         return random_unit(d, n, seed)
 
-    def _in_round(self, round_: int) -> list:
-        return [r for r in self.trials.values() if r.round == round_]
-
     def _next(self, trial_id: str):
-        current = self._in_round(self.round)
-        if len(current) < self.per_round:
-            if self.round == 0 and not current and self.start is not None:
+        started = self.started.get(self.round, 0)
+        if started < self.per_round:
+            if self.round == 0 and not started and self.start is not None:
                 return 0, list(self.start)  # the warm start itself comes first
-            u = self._draws(self.round)[len(current)]
+            u = self._draws(self.round)[started]
             return self.round, self.box.place(self.space, u)
-        if not all(r.done for r in current):
+        if self.ended.get(self.round, 0) < started:
             return None  # wait for the round to end before zooming in
         if self.round + 1 >= self.n_rounds:
             return Searcher.FINISHED
@@ -161,6 +158,7 @@ class CoarseToFineStrategy(Strategy):
         self.round += 1
         self.box = _Box(intervals, choices)
         self.rounds.append(RoundRecord(self.round, intervals, choices))
+        self._dirty = True
 
     def edges(self, margin: float | None = None) -> list[dict]:
         return super().edges(self.edge_margin if margin is None else margin)

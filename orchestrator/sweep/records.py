@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from ray.tune import Callback
@@ -34,11 +35,14 @@ def _clean(v):
 
 
 class TrialLog:
-    """Reads and appends the event log; keeps the latest state of every trial."""
+    """Reads and appends the event log; keeps the latest state of every trial, and the
+    counts a progress line needs (so no line scans every trial)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.trials: dict[str, dict] = {}
+        self.ended = 0  # trials whose status is not "running"
+        self.round = 0  # the highest round started
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
@@ -51,11 +55,12 @@ class TrialLog:
         tid = event["trial_id"]
         t = self.trials.setdefault(tid, {"trial_id": tid, "config": {}, "round": 0,
                                          "history": {}, "status": "running", "error": None})
-        kind = event["event"]
+        kind, was_running = event["event"], t["status"] == "running"
         if kind == "start":
             t["config"] = event["config"]
             t["round"] = event.get("round", 0)
-            if t["status"] != "running" and event.get("restarted"):
+            self.round = max(self.round, t["round"])
+            if not was_running and event.get("restarted"):
                 t["status"] = "running"
         elif kind == "result":
             t["history"][int(event["epoch"])] = event["metrics"]
@@ -64,6 +69,9 @@ class TrialLog:
             t["error"] = event.get("error")
         elif kind == "forget":
             del self.trials[tid]
+            self.ended -= not was_running
+            return
+        self.ended += was_running - (t["status"] == "running")
 
     def append(self, event: dict) -> None:
         self._apply(event)
@@ -104,6 +112,7 @@ LOG_FILE = "trials.jsonl"  # the event log, in <workdir>/<sweep>/
 STATE_FILE = "strategy.json"  # the strategy's rounds and boxes, beside it
 KEEP_CHECKPOINTS = 2
 ORPHANS = "orphans"  # checkpoints of trials a resumed Tune no longer knows
+FORCED_EVERY = 2.0  # seconds between the progress lines trials' ends print
 PRUNE_AFTER_S = 60.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends
 
 
@@ -134,7 +143,7 @@ class RecordingCallback(Callback):
     def __init__(self, log_path: str, objective: Objective, epochs: int, budget: int,
                  every: float = 10.0, stream=None, trials_dir: str | None = None):
         self.trials_dir = trials_dir
-        self._ended: dict[str, float] = {}
+        self._ended: deque[tuple[float, str]] = deque()  # (monotonic end, trial id), in order
         self._reconciled = False
         self.log_path = log_path
         self.objective = objective
@@ -143,6 +152,8 @@ class RecordingCallback(Callback):
         self.stream = stream
         self._log: TrialLog | None = None
         self._last_print = 0.0
+        self._best: tuple[str, float] | None = None
+        self._best_known = False  # _best holds what the log does (set on first use)
 
     # Tune pickles callbacks with the experiment: keep the file handle out of it.
     def __getstate__(self):
@@ -150,6 +161,13 @@ class RecordingCallback(Callback):
         state["_log"] = None
         state["stream"] = None
         return state
+
+    def __setstate__(self, state):  # a snapshot an earlier caviar took: its own fields
+        self.__dict__.update(state)
+        if isinstance(self._ended, dict):
+            self._ended = deque(sorted((t, tid) for tid, t in self._ended.items()))
+        self.__dict__.setdefault("_best", None)
+        self.__dict__.setdefault("_best_known", False)
 
     @property
     def log(self) -> TrialLog:
@@ -171,6 +189,10 @@ class RecordingCallback(Callback):
         if result.get("caviar_replayed"):
             event["replayed"] = True
         self.log.append(event)
+        v = self.objective.score(metrics.get(self.objective.name))
+        if self._best_known and v is not None and math.isfinite(v) and \
+                self.objective.better(v, self._best and self._best[1]):
+            self._best = (trial.trial_id, v)
         self._progress(trials)
 
     def on_step_begin(self, iteration, trials, **info):
@@ -184,22 +206,21 @@ class RecordingCallback(Callback):
         known = {t.trial_id for t in trials}
         for tid in [t for t in self.log.trials if t not in known]:
             self.log.append({"event": "forget", "trial_id": tid, "time": time.time()})
+            self._best_known = False  # it may have held the best
             src = Path(self.trials_dir or "") / f"trial_{tid}"
             if self.trials_dir and src.is_dir():
                 (Path(self.trials_dir) / ORPHANS).mkdir(exist_ok=True)
                 src.rename(Path(self.trials_dir) / ORPHANS / src.name)
 
     def on_step_end(self, iteration, trials, **info):
-        if not self._ended or not self.trials_dir:
+        if not self.trials_dir:
             return
         now = time.monotonic()
-        for tid, ended in list(self._ended.items()):
-            if now - ended > PRUNE_AFTER_S:
-                prune_checkpoints(Path(self.trials_dir) / f"trial_{tid}")
-                del self._ended[tid]
+        while self._ended and now - self._ended[0][0] > PRUNE_AFTER_S:
+            prune_checkpoints(Path(self.trials_dir) / f"trial_{self._ended.popleft()[1]}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended[trial.trial_id] = time.monotonic()
+        self._ended.append((time.monotonic(), trial.trial_id))
         last = trial.last_result or {}
         self.log.append({"event": "end", "trial_id": trial.trial_id,
                          "status": trial_status(last, self.epochs),
@@ -207,7 +228,7 @@ class RecordingCallback(Callback):
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended[trial.trial_id] = time.monotonic()
+        self._ended.append((time.monotonic(), trial.trial_id))
         error = getattr(trial, "error_file", None) or "error"
         self.log.append({"event": "end", "trial_id": trial.trial_id, "status": "failed",
                          "error": str(error), "time": time.time()})
@@ -217,26 +238,29 @@ class RecordingCallback(Callback):
         self.log.close()
 
     def best(self) -> tuple[str, float] | None:
-        """(trial id, value) of the best finite value any trial reported so far."""
-        best = None
-        for t in self.log.trials.values():
-            v = self.objective.best(m.get(self.objective.name) for m in t["history"].values())
-            if v is not None and self.objective.better(v, best and best[1]):
-                best = (t["trial_id"], v)
-        return best
+        """(trial id, value) of the best finite value any trial reported so far: read from
+        the log once (and after a trial is forgotten), then kept as results arrive."""
+        if not self._best_known:
+            self._best, self._best_known = None, True
+            for t in self.log.trials.values():
+                v = self.objective.best(m.get(self.objective.name)
+                                        for m in t["history"].values())
+                if v is not None and self.objective.better(v, self._best and self._best[1]):
+                    self._best = (t["trial_id"], v)
+        return self._best
 
     def _progress(self, trials, force: bool = False) -> None:
+        """The progress line: when a trial ends (at most every ``FORCED_EVERY`` seconds: a
+        sweep of short trials would print thousands) and every ``every`` seconds."""
         now = time.monotonic()
-        if not force and now - self._last_print < self.every:
+        if now - self._last_print < (FORCED_EVERY if force else self.every):
             return
         self._last_print = now
-        states = [t.status for t in trials]
-        done = sum(s in ("TERMINATED", "ERROR") for s in states)
-        running = sum(s == "RUNNING" for s in states)
-        rounds = [t.config.get(ROUND_KEY, 0) for t in trials]
+        log = self.log
+        started, done = len(log.trials), log.ended
         best = self.best()
         best_txt = f"best {self.objective.name} {best[1]:.4g} ({best[0]})" if best \
             else "no result yet"
-        print(f"caviar: round {max(rounds, default=0)} | trials {done} done, {running} running, "
-              f"{max(self.budget - done - running, 0)} pending of {self.budget} | {best_txt}",
+        print(f"caviar: round {log.round} | trials {done} done, {started - done} running, "
+              f"{max(self.budget - started, 0)} pending of {self.budget} | {best_txt}",
               file=self.stream or sys.stderr, flush=True)

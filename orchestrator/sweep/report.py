@@ -93,6 +93,15 @@ def _warnings(state: dict, rows: list[dict], counts: dict) -> list[str]:
     return warnings
 
 
+def _rounds(state: dict, rows: list[dict]) -> list[dict]:
+    """The strategy's rounds and boxes, each with the trials the event log holds for it
+    (strategy.json is written when a round opens, not as its trials start)."""
+    counts: dict[int, int] = {}
+    for r in rows:
+        counts[r["round"]] = counts.get(r["round"], 0) + 1
+    return [{**r, "trials": counts.get(r["round"], 0)} for r in state.get("rounds", [])]
+
+
 def build_summary(spec, sweep_dir, results, started: float,
                   budget: int | None = None) -> tuple[dict, list[dict]]:
     """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
@@ -109,7 +118,7 @@ def build_summary(spec, sweep_dir, results, started: float,
         "complete": all(r["status"] in STATUSES for r in rows) and len(rows) >= (budget or 0),
         "trials": {"total": len(rows), **counts},
         "best": _best(rows, spec.metric),
-        "rounds": state.get("rounds", []),
+        "rounds": _rounds(state, rows),
         "warnings": _warnings(state, rows, counts),
         "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
     }

@@ -252,7 +252,9 @@ class MlflowSink:
                           "caviar.status": "running"})
                 runs[tid] = run.info.run_id
                 self._doubt = False
-            self._save()  # the map first: a crash now must not create a second run
+            # Saved with the batch, not here: rewriting the whole map for each new trial
+            # cost O(trials) per trial. A process that dies before the batch's save left a
+            # state file, so the next one looks each unknown trial up by its tag first.
         return runs[tid]
 
     def _earlier_steps(self, run: str) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.objective import Objective
+from orchestrator.sweep import plots
 from orchestrator.sweep.plots import _unit_axis, importance, make_plots
 from searchspaces import SearchSpace, sample
 
@@ -106,3 +107,20 @@ def test_an_int_axis_labels_each_value_once():
     texts = [t.get_text() for t in ax.xaxis.get_ticklabels()]
     plt.close(fig)
     assert texts == ["2", "3", "4"]
+
+
+def test_a_large_sweep_measures_importance_on_a_seeded_sample(monkeypatch):
+    """Over 3,000 trials fANOVA sees MAX_IMPORTANCE_TRIALS of them (its cost grows faster
+    than the trials), the same ones each time, and still finds what matters."""
+    import optuna
+
+    seen = []
+    real = optuna.study.Study.add_trials
+    monkeypatch.setattr(optuna.study.Study, "add_trials",
+                        lambda self, trials: (seen.append(len(trials)), real(self, trials)))
+    rows = rows_where_only_lr_matters(3000)
+    shares = importance(SPACE, rows, LOSS)
+    assert seen == [plots.MAX_IMPORTANCE_TRIALS]
+    assert shares["lr"]["importance"] > 0.8
+    assert plots.sample(rows, 500) == plots.sample(rows, 500) != plots.sample(rows, 500, 1)
+    assert plots.sample(rows[:10], 500) == rows[:10]

@@ -17,6 +17,7 @@ import pytest
 from conftest import read_events
 
 from models.objective import Objective
+from orchestrator.sweep import records
 from orchestrator.sweep.records import (
     LOG_FILE,
     ORPHANS,
@@ -313,7 +314,8 @@ def trial(tid: str, status: str = "RUNNING", round_: int = 0, last_result=None, 
                            last_result=last_result, error_file=None)
 
 
-def test_the_callback_records_tune_events_and_prints_progress(tmp_path):
+def test_the_callback_records_tune_events_and_prints_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "FORCED_EVERY", 0.0)  # each end prints (see the next test)
     path = tmp_path / "sweep" / LOG_FILE
     progress = tmp_path / "progress.txt"
     with open(progress, "w") as stream:
@@ -366,3 +368,31 @@ def test_after_a_resume_trials_tune_does_not_know_are_forgotten_and_their_checkp
     assert [e["trial_id"] for e in read_events(path) if e["event"] == "forget"] == ["b"]
     assert (trials_dir / ORPHANS / "trial_b" / "checkpoint_000000" / "model.pt").is_file()
     assert not (trials_dir / "trial_b").exists() and (trials_dir / "trial_a").is_dir()
+
+
+def test_many_quick_ends_print_one_line_every_few_seconds_with_counts_kept_not_scanned(
+        tmp_path, monkeypatch):
+    """2,000 trials ending within a second print one progress line, not 2,000; the counts
+    and the best come from what the callback kept, and match a scan of the log."""
+    progress = tmp_path / "progress.txt"
+    with open(progress, "w") as stream:
+        cb = RecordingCallback(str(tmp_path / LOG_FILE), MIN, epochs=1, budget=2500,
+                               every=3600.0, stream=stream)
+        trials = []
+        for i in range(2000):
+            t = trial(f"t{i}", round_=i // 1000)
+            trials.append(t)
+            cb.on_trial_start(0, trials, t)
+            cb.on_trial_result(0, trials, t, {"epoch": 1, "val_loss": 1.0 + (i - 777) ** 2})
+            t.status, t.last_result = "TERMINATED", {"epoch": 1}
+            if i < 1999:
+                cb.on_trial_complete(0, trials, t)
+        monkeypatch.setattr(records, "FORCED_EVERY", 0.0)
+        cb._progress(trials, force=True)
+        cb.on_experiment_end(trials)
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 2, lines[:5]  # the first end, then the one forced here
+    assert lines[-1] == ("caviar: round 1 | trials 1999 done, 1 running, 500 pending of "
+                         "2500 | best val_loss 1 (t777)")
+    log = TrialLog(tmp_path / LOG_FILE)
+    assert log.ended == sum(t["status"] != "running" for t in log.trials.values()) == 1999

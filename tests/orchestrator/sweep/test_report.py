@@ -80,8 +80,9 @@ def write_sweep_log(sweep_dir, diverged: int = 2) -> None:
 
 def write_state(sweep_dir) -> None:
     state = {"strategy": "random",
-             "rounds": [{"round": 0, "trials": 2, "box": {"lr": [0.001, 0.3]}},
-                        {"round": 1, "trials": 3, "box": {"lr": [0.01, 0.3]}}],
+             # counts as of the file's last write: the summary's come from the event log
+             "rounds": [{"round": 0, "trials": 1, "box": {"lr": [0.001, 0.3]}},
+                        {"round": 1, "trials": 0, "box": {"lr": [0.01, 0.3]}}],
              "edges": [{"parameter": "lr", "edge": "upper", "value": 0.3, "message": EDGE}]}
     (sweep_dir / STATE_FILE).write_text(json.dumps(state))
 
