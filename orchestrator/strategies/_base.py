@@ -102,16 +102,19 @@ class Strategy(Searcher):
 
     def _index(self) -> None:
         """What the driver would otherwise scan every trial for, per suggestion or per
-        end: each round's trials started and ended, and the best ended trial. Kept as
-        trials come and go, rebuilt from ``trials`` on restore."""
-        self.started: dict[int, int] = {}  # round -> trials suggested in it
+        end: each round's trials ended, and the best ended trial. Kept as trials end,
+        rebuilt from ``trials`` on restore (the trials started are the rounds' own count)."""
         self.ended: dict[int, int] = {}  # round -> trials of it that ended
         self.best_id: str | None = None  # the best ended trial with a finite score
         self._dirty = True  # strategy.json behind what report() says
         for tid, rec in self.trials.items():
-            self.started[rec.round] = self.started.get(rec.round, 0) + 1
             if rec.done:
                 self._count_end(tid, rec)
+
+    @property
+    def started(self) -> dict[int, int]:
+        """round -> trials suggested in it."""
+        return {r.round: r.trials for r in self.rounds}
 
     # -- Ray Tune's interface ------------------------------------------------------------
 
@@ -132,7 +135,6 @@ class Strategy(Searcher):
         config = self.space.config_from_unit(unit)
         trial_seed = self.seed * 100_003 + len(self.trials)
         self.trials[trial_id] = TrialRecord(round_, [float(u) for u in unit], dict(config))
-        self.started[round_] = self.started.get(round_, 0) + 1
         if self.rounds and self.rounds[-1].round == round_:
             self.rounds[-1].trials += 1
         return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}

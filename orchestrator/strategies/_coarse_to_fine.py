@@ -128,7 +128,7 @@ class CoarseToFineStrategy(Strategy):
         return random_unit(d, n, seed)
 
     def _next(self, trial_id: str):
-        started = self.started.get(self.round, 0)
+        started = self.rounds[self.round].trials  # rounds[i] is round i here
         if started < self.per_round:
             if self.round == 0 and not started and self.start is not None:
                 return 0, list(self.start)  # the warm start itself comes first
