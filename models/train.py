@@ -211,11 +211,16 @@ class TrainingRun:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the state atomically (temp file, then rename): a crash never leaves half."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(self._live_state(), tmp)  # written at once: no copy needed
-        return path
+        return save_state(self._live_state(), path)  # written at once: no copy needed
+
+
+def save_state(state: dict, path: str | Path) -> Path:
+    """Writes a checkpoint's state (``TrainingRun.state_dict``) whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
 
 
 def holdout_scores(model: MLP, data: Dataset) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from ray.tune.search import Searcher
 from models.files import atomic_write
 from models.objective import Objective
 from searchspaces import SearchSpace
-from searchspaces.trial import ROUND_KEY, SEED_KEY
+from searchspaces.trial import ROUND_KEY, SEED_KEY, reported_epochs
 
 
 @dataclass
@@ -142,7 +142,8 @@ class Strategy(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         rec = self.trials.get(trial_id)
         if rec is not None:
-            rec.score = self._better(rec.score, result.get(self.metric))
+            for metrics in reported_epochs(result):
+                rec.score = self._better(rec.score, metrics.get(self.metric))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:

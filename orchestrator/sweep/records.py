@@ -1,11 +1,11 @@
 """The sweep's own record of its trials, written on the driver as Tune reports them.
 
 ``<workdir>/<name>/trials.jsonl`` is an append-only event log: one ``start``
-line per trial (its config and round), one ``result`` line per reported epoch,
-one ``end`` line when it stops. It survives a driver crash, so a resumed sweep
-still knows the epochs that ran before; summary.json and trials.csv are built
-from it. Appending a line per epoch costs microseconds; nothing else is
-written per result.
+line per trial (its config and round), one ``result`` line per epoch (a result
+of a trial with short epochs carries several), one ``end`` line when it stops.
+It survives a driver crash, so a resumed sweep still knows the epochs that ran
+before; summary.json and trials.csv are built from it. Appending a line per
+epoch costs microseconds; nothing else is written per result.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from models.objective import Objective
-from searchspaces.trial import ROUND_KEY
+from searchspaces.trial import ROUND_KEY, reported_epochs
 
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
             "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",
@@ -182,8 +182,17 @@ class RecordingCallback(Callback):
                          "restarted": trial.trial_id in self.log.trials, "time": time.time()})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        """One ``result`` line per epoch the result carries (several when epochs are short);
+        the epochs before the latest share its node fields and were running."""
+        batch = reported_epochs(result)
+        for metrics in batch[:-1]:
+            self._record(trial.trial_id, {**result, **metrics, "caviar_status": "running"})
+        self._record(trial.trial_id, result)
+        self._progress(trials)
+
+    def _record(self, trial_id: str, result: dict) -> None:
         metrics = {k: _clean(result[k]) for k in REPORTED if k in result}
-        event = {"event": "result", "trial_id": trial.trial_id,
+        event = {"event": "result", "trial_id": trial_id,
                  "epoch": result.get("epoch", result.get("training_iteration")),
                  "metrics": metrics, "time": time.time()}
         if result.get("caviar_replayed"):
@@ -192,8 +201,7 @@ class RecordingCallback(Callback):
         v = self.objective.score(metrics.get(self.objective.name))
         if self._best_known and v is not None and math.isfinite(v) and \
                 self.objective.better(v, self._best and self._best[1]):
-            self._best = (trial.trial_id, v)
-        self._progress(trials)
+            self._best = (trial_id, v)
 
     def on_step_begin(self, iteration, trials, **info):
         if self._reconciled:

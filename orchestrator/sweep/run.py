@@ -8,6 +8,7 @@ joins an existing cluster instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -54,10 +55,15 @@ from orchestrator.sweep.records import (  # noqa: E402
     prune_checkpoints,
 )
 from orchestrator.sweep.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
-from orchestrator.sweep.schedulers import make_scheduler, population_space  # noqa: E402
+from orchestrator.sweep.schedulers import (  # noqa: E402
+    decision_epochs,
+    make_scheduler,
+    population_space,
+)
 from orchestrator.sweep.spec import SweepSpec  # noqa: E402
-from orchestrator.sweep.trainable import train_trial  # noqa: E402
+from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial  # noqa: E402
 from orchestrator.tracking.sink import SyncThread  # noqa: E402
+from searchspaces.errors import SpecError  # noqa: E402
 
 DEFAULT_WORKDIR = "./caviar-runs"
 
@@ -172,13 +178,33 @@ def move_aside(paths: SweepPaths) -> None:
             shutil.move(str(p), str(p.with_name(f"{p.name}.old-{stamp}")))
 
 
-def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool, stream):
-    """Tune's Tuner for the sweep: a new one, or the one a dead driver left (resume)."""
+def report_every() -> float:
+    """Seconds between a short-epoch trial's reports and checkpoints (trainable._Pace):
+    ``CAVIAR_REPORT_EVERY_S``, else 2; 0 reports every epoch."""
+    raw = os.environ.get(REPORT_ENV)
+    if raw is None:
+        return REPORT_EVERY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (0.0 <= value < math.inf):
+        raise SpecError("environment", REPORT_ENV, f"{raw!r} is not a number of seconds "
+                        ">= 0 (0 reports and checkpoints every epoch; unset: 2)")
+    return value
+
+
+
+def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool, stream,
+               every: float = REPORT_EVERY_S):
+    """Tune's Tuner for the sweep: a new one, or the one a dead driver left (resume).
+    ``every``: seconds between a short-epoch trial's reports (``report_every``)."""
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, model=spec.model, epochs=spec.epochs,
                              cpus=spec.resources.cpu, trials_dir=str(paths.experiment),
                              tune_checkpoints=spec.scheduler.kind == "pbt",
-                             objective=spec.metric),
+                             objective=spec.metric, decisions=decision_epochs(spec),
+                             report_every=every),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     search_alg, num_samples, param_space = strategy, strategy.budget, None
     if spec.scheduler.kind == "pbt":
@@ -237,6 +263,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     stream = stream or sys.stderr
     paths = SweepPaths.of(spec.name, workdir)
     started = time.time()
+    every = report_every()
     check_start(spec, paths, resume, fresh)
     check_free_space(spec, paths)
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
@@ -249,7 +276,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
         record_origin(paths)
     strategy = make_strategy(spec.strategy, spec.space, spec.metric.name, spec.metric.mode,
                              spec.seed, state_file=paths.dir / STATE_FILE)
-    tuner = make_tuner(spec, paths, strategy, data, resume, stream)
+    tuner = make_tuner(spec, paths, strategy, data, resume, stream, every)
     print(f"caviar: sweep {spec.name!r}: {spec.strategy.kind} over {strategy.budget} trials, "
           f"scheduler {spec.scheduler.kind}, {spec.epochs} epochs, metric {spec.metric.name} "
           f"({spec.metric.mode}); {'resuming' if resume else 'records in'} {paths.dir}",

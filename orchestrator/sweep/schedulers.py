@@ -6,6 +6,7 @@ strategy's first points, handed to Tune as a grid over population members.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 from ray import tune
@@ -21,13 +22,28 @@ def make_scheduler(spec):
     if s.kind == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs,
+        # Its time is the epoch, not Tune's training_iteration: a trial with short
+        # epochs reports several at once (trainable._Pace), and always at these rungs.
+        return ASHAScheduler(time_attr="epoch", max_t=spec.epochs,
                              grace_period=s.grace_epochs, reduction_factor=s.reduction_factor)
     if s.kind == "pbt":
         return _pbt(spec.space, s)
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
+
+
+def decision_epochs(spec) -> list[int]:
+    """The epochs the scheduler decides at, which every trial reports: ASHA's rungs
+    (grace x reduction_factor^k, below the last epoch). PBT trials report every epoch."""
+    s = spec.scheduler
+    if s.kind != "asha":
+        return []
+    rungs, t = [], float(s.grace_epochs)
+    while t < spec.epochs:
+        rungs.append(math.ceil(t))
+        t *= s.reduction_factor
+    return rungs
 
 
 def _pbt(space, s):

@@ -1,9 +1,11 @@
 """The Ray Tune trainable: one trial = one ``models.train.fit`` run, reported epoch by epoch.
 
-It runs on a worker. Every epoch it writes the trainer's checkpoint into the
+It runs on a worker. At each report it writes the trainer's checkpoint into the
 trial's folder (``<storage>/<sweep>/trial_<id>/epoch_NNNNN.pt``, the last two
-kept) and reports the epoch's metrics. A trial restarted after a crash, a lost
-node or a driver killed mid-sweep continues from its newest checkpoint there.
+kept) and reports the epochs' metrics: every epoch when epochs take seconds, at
+most every ``REPORT_EVERY_S`` when they are short (``_Pace``). A trial restarted
+after a crash, a lost node or a driver killed mid-sweep continues from its
+newest checkpoint there.
 
 Why not Tune's own checkpoints (``tune.report(checkpoint=...)``) every epoch:
 each one is a temporary folder copied into storage and registered by the
@@ -19,6 +21,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,11 +32,11 @@ from ray import tune
 
 from models.config import split_config
 from models.objective import Objective
-from models.train import fit, load_checkpoint
+from models.train import fit, load_checkpoint, save_state
 from orchestrator import caviar_version
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.sweep.records import ORPHANS
-from searchspaces.trial import SEED_KEY, hyperparameters
+from searchspaces.trial import EPOCHS_KEY, SEED_KEY, hyperparameters
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
 KEEP = 2  # own checkpoints kept per trial
@@ -103,9 +106,9 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
 
     Tune's own checkpoint wins when it is another trial's (a PBT exploit). Else the
     newest of the trial's own checkpoints, then an orphan's. Epochs it holds beyond
-    what Tune knows of are replayed, one report each, so Tune's training_iteration
-    stays equal to the epoch (ASHA's rungs count iterations) and the driver records
-    every epoch.
+    what Tune knows of are replayed (``_Reporter.replay``), so the driver records
+    every epoch and ASHA sees each of its rungs' epochs (its time is the epoch);
+    with PBT one report each, as PBT's time is Tune's training_iteration.
     """
     own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
     tune_state, known = None, 0
@@ -144,62 +147,123 @@ def node_info(device: str, threads: int) -> dict:
             **hardware_fingerprint()}
 
 
+REPORT_EVERY_S = 2.0  # short epochs: one report (and checkpoint) per this many seconds
+REPORT_ENV = "CAVIAR_REPORT_EVERY_S"  # the driver's environment sets it for a sweep
+
+
+class _Pace:
+    """When a trial reports to Tune and writes its checkpoint.
+
+    Every epoch when epochs are long; when they are short, at most every ``every``
+    seconds, so the trial trains instead of writing checkpoints and the driver (on
+    the same cores) handles a result per ``every`` seconds, not one per epoch. Always
+    at the last epoch, a diverged one, and the epochs a scheduler decides at (ASHA's
+    rungs), so each decision sees its own epoch. A report carries every epoch since
+    the previous one (``EPOCHS_KEY``): the event log and MLflow still get each epoch.
+    A killed trial loses at most the epochs since its last report (under ``every``
+    seconds of training): those were never reported, so none is recorded twice.
+    """
+
+    def __init__(self, epochs: int, decisions=(), every: float = REPORT_EVERY_S):
+        self.epochs, self.decisions, self.every = epochs, frozenset(decisions), every
+        self.since = time.monotonic()
+
+    def due(self, metrics: dict) -> bool:
+        now = time.monotonic()
+        if (now - self.since >= self.every or metrics["epoch"] >= self.epochs
+                or metrics["epoch"] in self.decisions or _diverged(metrics)):
+            self.since = now
+            return True
+        return False
+
+
+def _diverged(metrics: dict) -> bool:
+    return not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
+
+
+def _finite(metrics: dict) -> dict:
+    """Non-finite floats as inf: what JSON and Tune's comparisons take."""
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
+            for k, v in metrics.items()}
+
+
 class _Reporter:
-    """Hands Tune one result per epoch: the trainer's metrics, a status, and the node."""
+    """Hands Tune the trainer's metrics, a status, and the node: one result per report
+    (the latest epoch's, with every epoch since the previous report under ``EPOCHS_KEY``)."""
 
     def __init__(self, epochs: int, tune_checkpoints: bool, node: dict):
         self.epochs, self.tune_checkpoints, self.node = epochs, tune_checkpoints, node
 
-    def result(self, metrics: dict, replayed: bool = False) -> dict:
-        diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"]))
-        out = {k: (v if not isinstance(v, float) or math.isfinite(v) else math.inf)
-               for k, v in metrics.items()}
-        out["caviar_status"] = "diverged" if diverged else (
+    def result(self, batch: list[dict], replayed: bool = False) -> dict:
+        metrics = batch[-1]
+        out = _finite(metrics)
+        out["caviar_status"] = "diverged" if _diverged(metrics) else (
             "completed" if metrics["epoch"] >= self.epochs else "running")
         out["caviar_replayed"] = replayed
+        out[EPOCHS_KEY] = [_finite(m) for m in batch]
         out.update(self.node)
         return out
 
-    def report(self, metrics: dict, save, replayed: bool = False) -> None:
-        """One epoch; with Tune checkpoints (PBT), ``save(path)`` writes the state first."""
+    def report(self, batch: list[dict], save, replayed: bool = False) -> None:
+        """Epochs since the last report; with Tune checkpoints (PBT), ``save(path)``
+        writes the state first."""
         if not self.tune_checkpoints:
-            tune.report(self.result(metrics, replayed))
+            tune.report(self.result(batch, replayed))
             return
         with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as d:
             save(Path(d) / CHECKPOINT_FILE)
-            tune.report(self.result(metrics, replayed),
+            tune.report(self.result(batch, replayed),
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    def replay(self, epochs: list[dict], state: dict | None) -> None:
-        """Epochs a checkpoint holds that Tune never heard of, one report each."""
-        for metrics in epochs[:-1]:
-            tune.report(self.result(metrics, replayed=True))
-        if epochs:
-            self.report(epochs[-1], lambda path: torch.save(state, path), replayed=True)
+    def replay(self, epochs: list[dict], state: dict | None, pace: _Pace) -> None:
+        """Epochs a checkpoint holds that Tune never heard of: reported as the pace says
+        (ignoring time: the scheduler's epochs and the last)."""
+        batch: list[dict] = []
+        for i, metrics in enumerate(epochs):
+            batch.append(metrics)
+            if i == len(epochs) - 1:
+                self.report(batch, lambda path: torch.save(state, path), replayed=True)
+            elif self.tune_checkpoints or metrics["epoch"] in pace.decisions:
+                tune.report(self.result(batch, replayed=True))
+                batch = []
 
 
 class _BestKeeper:
     """Keeps ``best.pt``, the trial's checkpoint at its best epoch: the model a sweep
-    exports and registers. A resumed trial starts from the best of the line it continues."""
+    exports and registers. A resumed trial starts from the best of the line it continues.
+
+    Between reports the best epoch's state waits in memory (a copy); at a report it is
+    written before the epoch's checkpoint, so a checkpoint on disk never holds a best
+    epoch that ``best.pt`` lacks.
+    """
 
     def __init__(self, trial_dir: Path | None, objective: Objective, resumed: dict | None):
         self.dir, self.objective = trial_dir, objective
         self.best = objective.best(m.get(objective.name) for m in resumed["history"]) \
             if resumed is not None else None
+        self.pending: dict | None = None  # the best epoch's state, not yet written
 
-    def on_epoch(self, metrics: dict, run) -> None:
+    def on_epoch(self, metrics: dict, run, due: bool) -> None:
         if self.dir is None:
             return
-        save_epoch(run, self.dir)
         v = metrics.get(self.objective.name)
-        if v is not None and math.isfinite(v) and self.objective.better(v, self.best):
+        improved = v is not None and math.isfinite(v) and self.objective.better(v, self.best)
+        if improved:
             self.best = v
-            run.save_checkpoint(self.dir / BEST_FILE)
+            self.pending = None if due else run.state_dict()
+            if due:
+                run.save_checkpoint(self.dir / BEST_FILE)
+        if due:
+            if self.pending is not None:
+                save_state(self.pending, self.dir / BEST_FILE)
+                self.pending = None
+            save_epoch(run, self.dir)
 
 
 def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
                 trials_dir: str | None = None, tune_checkpoints: bool = False,
-                objective: Objective | None = None) -> None:
+                objective: Objective | None = None, decisions=(),
+                report_every: float = REPORT_EVERY_S) -> None:
     """Trains one configuration; Tune calls it with the trial's config.
 
     Args:
@@ -213,6 +277,9 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         tune_checkpoints: also hand Tune a checkpoint every epoch (PBT needs them).
         objective: the sweep's metric, which picks the epoch kept as ``best.pt``
             (default val_loss, min).
+        decisions: the epochs a scheduler decides at (ASHA's rungs): always reported.
+        report_every: seconds between reports (and checkpoints) of short epochs; with
+            Tune checkpoints (PBT), and when 0, every epoch.
     """
     model_config, hparams = split_config({**model, **hyperparameters(config)})
     seed = int(config.get(SEED_KEY, 0))
@@ -222,12 +289,18 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         own_dir.mkdir(parents=True, exist_ok=True)
     device, threads = _device(), max(1, int(cpus))
     reporter = _Reporter(epochs, tune_checkpoints, node_info(device, threads))
-    reporter.replay(replay, resume)
+    pace = _Pace(epochs, decisions, every=0.0 if tune_checkpoints else report_every)
+    reporter.replay(replay, resume, pace)
     keeper = _BestKeeper(own_dir, objective or Objective(), resume)
+    batch: list[dict] = []
 
     def on_epoch(metrics: dict, run) -> None:
-        keeper.on_epoch(metrics, run)
-        reporter.report(metrics, run.save_checkpoint)
+        due = pace.due(metrics)
+        keeper.on_epoch(metrics, run, due)
+        batch.append(metrics)
+        if due:
+            reporter.report(batch, run.save_checkpoint)
+            batch.clear()
 
     fit(data, model_config, hparams, epochs=epochs, seed=seed, device=device,
         callback=on_epoch, resume_from=resume, num_threads=threads)

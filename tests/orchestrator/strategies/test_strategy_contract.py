@@ -268,6 +268,17 @@ def test_a_trial_that_errors_after_reporting_ranks_last(kind):
     assert ranked[-1].error
 
 
+def test_a_trial_scores_its_best_epoch_even_inside_a_report_of_several(kind):
+    """A trial with short epochs reports several at once: the score is the best of them,
+    not the latest (the sweep's best and coarse-to-fine's zoom use it)."""
+    strategy = build(kind)
+    assert isinstance(strategy.suggest("t"), dict)
+    epochs = [{"epoch": 1, METRIC: 0.9}, {"epoch": 2, METRIC: 0.2}, {"epoch": 3, METRIC: 0.5}]
+    strategy.on_trial_result("t", {**epochs[-1], "caviar_epochs": epochs})
+    strategy.on_trial_complete("t", {**epochs[-1], "caviar_epochs": epochs})
+    assert strategy.score_of(strategy.trials["t"]) == 0.2
+
+
 # --- report() ------------------------------------------------------------------------
 
 def test_report_gives_rounds_and_edges(kind):

@@ -8,6 +8,7 @@ best value so far for either direction and pickles without its file handles.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pickle
@@ -350,6 +351,23 @@ def test_the_callback_records_tune_events_and_prints_progress(tmp_path, monkeypa
         "caviar: round 0 | trials 1 done, 1 running, 1 pending of 3 | best val_loss 0.5 (a)",
         "caviar: round 0 | trials 2 done, 0 running, 1 pending of 3 | best val_loss 0.5 (a)",
     ]
+
+
+def test_a_result_carrying_several_epochs_is_one_line_per_epoch(tmp_path):
+    path = tmp_path / LOG_FILE
+    cb = RecordingCallback(str(path), MIN, epochs=5, budget=1, stream=io.StringIO())
+    a = trial("a", lr=0.1)
+    cb.on_trial_start(0, [a], a)
+    epochs = [{"epoch": e, "val_loss": v, "train_loss": 0.9} for e, v in
+              [(1, 0.8), (2, 0.3), (3, 0.6)]]
+    cb.on_trial_result(1, [a], a, {**epochs[-1], "caviar_status": "running", "node_ip": "10.0.0.7",
+                                   "caviar_replayed": True, "caviar_epochs": epochs})
+    results = [e for e in read_events(path) if e["event"] == "result"]
+    assert [e["epoch"] for e in results] == [1, 2, 3]
+    assert [e["metrics"]["val_loss"] for e in results] == [0.8, 0.3, 0.6]
+    assert all(e["metrics"]["node_ip"] == "10.0.0.7" and e["replayed"] for e in results)
+    assert {e["metrics"]["caviar_status"] for e in results} == {"running"}
+    assert cb.best() == ("a", 0.3)  # the best epoch inside the batch, not the latest
 
 
 def test_after_a_resume_trials_tune_does_not_know_are_forgotten_and_their_checkpoints_kept(

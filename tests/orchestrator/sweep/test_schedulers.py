@@ -20,7 +20,13 @@ from ray.tune.search.sample import Function
 from ray.tune.search.variant_generator import generate_variants
 
 from orchestrator.strategies import make_strategy
-from orchestrator.sweep.schedulers import MEMBER_KEY, clip, make_scheduler, population_space
+from orchestrator.sweep.schedulers import (
+    MEMBER_KEY,
+    clip,
+    decision_epochs,
+    make_scheduler,
+    population_space,
+)
 from orchestrator.sweep.spec import parse_sweep
 
 SPACE = {"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
@@ -58,13 +64,23 @@ def test_asha_gets_grace_period_reduction_factor_and_max_t_from_the_sweep(sectio
     s = make_scheduler(spec_of(scheduler=section, epochs=epochs))
     assert isinstance(s, ASHAScheduler)
     assert s._max_t == epochs and s._reduction_factor == factor
-    assert s._time_attr == "training_iteration"
+    assert s._time_attr == "epoch"  # a report of short epochs carries several
     (bracket,) = s._brackets
     # the first rung is at the grace period, each next one reduction_factor times later
     milestones = sorted(r[0] for r in bracket._rungs)
     assert milestones[0] == grace
     assert milestones == [grace * factor ** k for k in range(len(milestones))]
     assert milestones[-1] <= epochs
+    # every trial reports at each rung (the last epoch it reports anyway)
+    assert decision_epochs(spec_of(scheduler=section, epochs=epochs)) == \
+        [m for m in milestones if m < epochs]
+
+
+@pytest.mark.parametrize("section", [None, {"kind": "fifo"},
+                                     {"kind": "pbt", "hyperparameters": ["lr"]}])
+def test_only_asha_has_epochs_a_trial_must_report(section):
+    spec = spec_of(epochs=9, **({"scheduler": section} if section else {}))
+    assert decision_epochs(spec) == []
 
 
 def test_pbt_gets_its_interval_quantile_and_hyperparameters_from_the_sweep():

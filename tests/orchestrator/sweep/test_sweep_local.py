@@ -63,8 +63,27 @@ def test_coarse_to_fine_with_asha_records_rounds_and_boxes(write_sweep, tmp_path
     for r in rows:
         if r["round"] == "1":
             assert lo1 - 1e-12 <= float(r["lr"]) <= hi1 + 1e-12
-    # ASHA stops some trials early at reduction factor 2
+    # ASHA stops some trials early at reduction factor 2, each at one of its rungs (epochs
+    # 1 and 2): a trial of short epochs reports several at once, and always at a rung.
     assert summary["trials"]["early_stopped"] >= 1
+    events = read_events(tmp_path / "w" / "t" / "trials.jsonl")
+    stopped = {e["trial_id"] for e in events
+               if e["event"] == "end" and e["status"] == "early_stopped"}
+    last = {t: max(e["epoch"] for e in events if e["event"] == "result" and e["trial_id"] == t)
+            for t in stopped}
+    assert len(stopped) == summary["trials"]["early_stopped"]
+    assert set(last.values()) <= {1, 2}, last
+
+
+@pytest.mark.usefixtures("ray_shutdown")
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_report_interval_is_refused_before_anything_is_written(write_sweep, tmp_path,
+                                                                     monkeypatch, value):
+    monkeypatch.setenv("CAVIAR_REPORT_EVERY_S", value)
+    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
+    with pytest.raises(SpecError, match=r"CAVIAR_REPORT_EVERY_S.*not a number of seconds >= 0"):
+        run_sweep(spec, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.usefixtures("ray_shutdown")

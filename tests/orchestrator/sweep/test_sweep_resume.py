@@ -9,23 +9,33 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, read_events
 
 
-def _caviar(*args, **kwargs):
+def _caviar(*args, env=None, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
+                            start_new_session=True, env={**os.environ, **(env or {})}, **kwargs)
 
 
-def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep, tmp_path):
+# Epochs of ~0.1 s. "0": a report and a checkpoint every epoch, as trials with epochs of
+# seconds do. Unset: the pace of short epochs, a report (and checkpoint) per 2 s, each
+# carrying the epochs since the last: a killed trial goes back to its last report.
+PACES = [pytest.param({"CAVIAR_REPORT_EVERY_S": "0"}, 10, (2, 6), id="every-epoch"),
+         pytest.param({}, 50, (1, 35), id="short-epochs-paced")]
+
+
+@pytest.mark.parametrize(("env", "n_epochs", "window"), PACES)
+def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep, tmp_path, env,
+                                                                    n_epochs, window):
     sweep = write_sweep(data={"source": "synthetic", "size": 20000, "n_features": 30,
                               "classes": 4},
-                        strategy={"kind": "random", "trials": 6}, epochs=10,
+                        strategy={"kind": "random", "trials": 6}, epochs=n_epochs,
                         resources={"cpu": 1, "concurrency": 2})
     workdir = tmp_path / "w"
     log = workdir / "t" / "trials.jsonl"
-    driver = _caviar("sweep", str(sweep), "--workdir", str(workdir))
+    driver = _caviar("sweep", str(sweep), "--workdir", str(workdir), env=env)
     before = None
     deadline = time.time() + 300
     while time.time() < deadline and driver.poll() is None:
@@ -36,10 +46,12 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
             running = started - ended
             epochs = {t: [e["epoch"] for e in events if e["event"] == "result"
                           and e["trial_id"] == t] for t in running}
-            # Kill while every running trial is mid-way (2 to 6 of its 10 epochs recorded), so
-            # it has epochs left to train after the resume: right after the first end, the
-            # other trial of the first pair may be one epoch short of its last.
-            if len(ended) >= 1 and running and all(2 <= len(v) <= 6 for v in epochs.values()):
+            # Kill while every running trial is mid-way (epochs recorded, but many left to
+            # train after the resume): right after the first end, the other trial of the
+            # first pair may be one epoch short of its last.
+            lo, hi = window
+            if len(ended) >= 1 and running and \
+                    all(lo <= len(v) <= hi for v in epochs.values()):
                 os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started
                 driver.wait()
                 before = {"ended": ended, "running": running, "events": len(events)}
@@ -49,7 +61,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
     time.sleep(2)  # let the dead driver's Ray processes go
 
     resumed_at = time.time()
-    resumed = _caviar("sweep", str(sweep), "--workdir", str(workdir), "--resume")
+    resumed = _caviar("sweep", str(sweep), "--workdir", str(workdir), "--resume", env=env)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
 
@@ -83,7 +95,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
     assert any(trained(seed_of[t], resumed_at) for t in before["running"])
     for tid in alive:  # and every trial has every epoch
         epochs = {e["epoch"] for e in events if e["event"] == "result" and e["trial_id"] == tid}
-        assert epochs == set(range(1, 11)), tid
+        assert epochs == set(range(1, n_epochs + 1)), tid
     assert not (workdir / "ray" / "t" / "orphans").exists()
 
     # MLflow (the embedded store): one run per trial, each epoch once, none left RUNNING.
@@ -98,7 +110,8 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
     assert sorted(r.data.tags["caviar.trial_id"] for r in trial_runs) == sorted(alive)
     for r in trial_runs:
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")]
-        assert sorted(steps) == list(range(1, 11)), (r.data.tags["caviar.trial_id"], steps)
+        assert sorted(steps) == list(range(1, n_epochs + 1)), \
+            (r.data.tags["caviar.trial_id"], steps)
     forgotten = [r for r in runs if r.data.tags.get("caviar.status") == "forgotten"]
     assert all(r.info.status == "KILLED" for r in forgotten)
     assert len([r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]) == 1

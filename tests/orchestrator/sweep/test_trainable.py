@@ -23,12 +23,14 @@ from orchestrator.sweep.trainable import (
     BEST_FILE,
     CHECKPOINT_FILE,
     _BestKeeper,
+    _Pace,
     _Reporter,
     adopt_orphan,
     newest_checkpoint,
     save_epoch,
     train_trial,
 )
+from searchspaces.trial import EPOCHS_KEY, reported_epochs
 
 CFG = MLPConfig(hidden_units=8, layers=1)
 HP = HParams(lr=0.05)
@@ -183,7 +185,7 @@ def test_best_pt_is_written_only_when_the_metric_improves(data, tmp_path, object
     kept = []
     for value in values:
         metrics = {**run.train_epoch(), objective.name: value}
-        keeper.on_epoch(metrics, run)
+        keeper.on_epoch(metrics, run, due=True)
         kept.append(load_checkpoint(tmp_path / BEST_FILE)["epoch"])
     assert kept == best_epochs
     assert keeper.best == values[best_epochs[-1] - 1]
@@ -194,12 +196,12 @@ def test_a_non_finite_or_missing_metric_never_becomes_best(data, tmp_path):
     keeper = _BestKeeper(tmp_path, Objective(), None)
     run = TrainingRun(data, CFG, HP, SEED, torch.device("cpu"))
     for value in (math.nan, -math.inf):
-        keeper.on_epoch({**run.train_epoch(), "val_loss": value}, run)
+        keeper.on_epoch({**run.train_epoch(), "val_loss": value}, run, due=True)
     metrics = run.train_epoch()
     del metrics["val_loss"]
-    keeper.on_epoch(metrics, run)
+    keeper.on_epoch(metrics, run, due=True)
     assert not (tmp_path / BEST_FILE).exists() and keeper.best is None
-    keeper.on_epoch({**run.train_epoch(), "val_loss": 2.0}, run)
+    keeper.on_epoch({**run.train_epoch(), "val_loss": 2.0}, run, due=True)
     assert load_checkpoint(tmp_path / BEST_FILE)["epoch"] == 4 and keeper.best == 2.0
 
 
@@ -218,9 +220,9 @@ def test_a_resumed_keeper_starts_from_the_best_of_the_checkpoint(data, tmp_path,
     run = TrainingRun(data, CFG, HP, SEED, torch.device("cpu"))
     run.load_state_dict(state)
     step = 0.01 * objective.sign  # added: worse; taken away: better
-    keeper.on_epoch({**run.train_epoch(), objective.name: resumed_best + step}, run)
+    keeper.on_epoch({**run.train_epoch(), objective.name: resumed_best + step}, run, due=True)
     assert not (tmp_path / BEST_FILE).exists()  # not better than the line it continues
-    keeper.on_epoch({**run.train_epoch(), objective.name: resumed_best - step}, run)
+    keeper.on_epoch({**run.train_epoch(), objective.name: resumed_best - step}, run, due=True)
     assert load_checkpoint(tmp_path / BEST_FILE)["epoch"] == 5
     assert keeper.best == resumed_best - step
 
@@ -228,8 +230,52 @@ def test_a_resumed_keeper_starts_from_the_best_of_the_checkpoint(data, tmp_path,
 def test_a_keeper_without_a_folder_keeps_nothing(data, tmp_path):
     keeper = _BestKeeper(None, Objective(), None)
     run = TrainingRun(data, CFG, HP, SEED, torch.device("cpu"))
-    keeper.on_epoch(run.train_epoch(), run)
+    keeper.on_epoch(run.train_epoch(), run, due=True)
     assert keeper.best is None
+
+
+def test_between_reports_the_best_epoch_waits_in_memory_and_is_written_at_the_report(
+        data, tmp_path):
+    keeper = _BestKeeper(tmp_path, Objective(), None)
+    run = TrainingRun(data, CFG, HP, SEED, torch.device("cpu"))
+    keeper.on_epoch({**run.train_epoch(), "val_loss": 0.9}, run, due=False)
+    keeper.on_epoch({**run.train_epoch(), "val_loss": 0.5}, run, due=False)
+    at_best = {k: v.clone() for k, v in run.model.state_dict().items()}
+    assert not (tmp_path / BEST_FILE).exists() and _epoch_files(tmp_path) == []
+    keeper.on_epoch({**run.train_epoch(), "val_loss": 0.7}, run, due=True)  # worse: a report
+    best = load_checkpoint(tmp_path / BEST_FILE)
+    assert best["epoch"] == 2 and keeper.best == 0.5  # the best epoch's state, not the latest
+    assert _same_weights(best["model"], at_best)
+    assert _epoch_files(tmp_path) == ["epoch_00003.pt"]
+    keeper.on_epoch({**run.train_epoch(), "val_loss": 0.6}, run, due=True)
+    assert load_checkpoint(tmp_path / BEST_FILE)["epoch"] == 2  # nothing better: unchanged
+
+
+# -- _Pace ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("metrics", "due"), [
+    ({"epoch": 1, "train_loss": 0.5, "val_loss": 0.5}, False),
+    ({"epoch": 3, "train_loss": 0.5, "val_loss": 0.5}, True),  # a scheduler's rung
+    ({"epoch": 4, "train_loss": math.nan, "val_loss": 0.5}, True),  # diverged
+    ({"epoch": 5, "train_loss": 0.5, "val_loss": math.inf}, True),
+    ({"epoch": 9, "train_loss": 0.5, "val_loss": 0.5}, True),  # the last epoch
+], ids=["short", "rung", "nan", "inf", "last"])
+def test_a_short_epoch_reports_only_when_it_must(metrics, due):
+    assert _Pace(9, decisions=[3], every=math.inf).due(metrics) is due
+
+
+def test_a_short_epoch_reports_once_the_interval_has_passed(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("orchestrator.sweep.trainable.time.monotonic", lambda: now[0])
+    pace = _Pace(50, every=2.0)
+    dues = []
+    for epoch in range(1, 11):
+        now[0] += 0.5  # epochs of half a second
+        dues.append(pace.due({"epoch": epoch, "train_loss": 0.5, "val_loss": 0.5}))
+    assert [e for e, d in zip(range(1, 11), dues) if d] == [4, 8]
+    assert all(_Pace(50, every=0.0).due({"epoch": e, "train_loss": 0.5, "val_loss": 0.5})
+               for e in range(1, 5))  # long epochs (or PBT): every epoch
 
 
 # -- _Reporter ------------------------------------------------------------------------------
@@ -252,20 +298,29 @@ def _metrics(epoch: int, train_loss: float = 0.7, val_loss: float = 0.6) -> dict
     (_metrics(3, val_loss=math.nan), "diverged"),  # diverged wins over completed
 ], ids=["first", "middle", "last", "past-last", "nan-train", "inf-val", "nan-last"])
 def test_reporter_status_per_epoch(metrics, status):
-    out = _Reporter(3, False, NODE).result(metrics)
+    out = _Reporter(3, False, NODE).result([metrics])
     assert out["caviar_status"] == status
     assert out["epoch"] == metrics["epoch"] and out["val_accuracy"] == 0.75
 
 
 def test_reporter_turns_nan_into_inf_and_carries_the_node():
     metrics = _metrics(2, train_loss=math.nan, val_loss=math.nan)
-    out = _Reporter(3, False, NODE).result(metrics, replayed=True)
+    out = _Reporter(3, False, NODE).result([metrics], replayed=True)
     assert out["train_loss"] == math.inf and out["val_loss"] == math.inf
     assert out["lr"] == 0.05 and out["epoch"] == 2
     assert out["caviar_replayed"] is True
     assert {k: out[k] for k in NODE} == NODE
     assert math.isnan(metrics["train_loss"])  # the trainer's own dict is left as it was
-    assert _Reporter(3, False, NODE).result(_metrics(1))["caviar_replayed"] is False
+    assert _Reporter(3, False, NODE).result([_metrics(1)])["caviar_replayed"] is False
+
+
+def test_a_report_carries_every_epoch_since_the_last_one():
+    batch = [_metrics(1), _metrics(2, val_loss=math.nan), _metrics(3, val_loss=0.4)]
+    out = _Reporter(5, False, NODE).result(batch)
+    assert out["epoch"] == 3 and out["val_loss"] == 0.4 and out["caviar_status"] == "running"
+    assert [m["epoch"] for m in reported_epochs(out)] == [1, 2, 3]
+    assert out[EPOCHS_KEY][1]["val_loss"] == math.inf  # JSON-safe, as the latest epoch's
+    assert reported_epochs({"epoch": 7}) == [{"epoch": 7}]  # a result of one epoch
 
 
 # -- train_trial in a real Tune trial ---------------------------------------------------------
@@ -282,7 +337,7 @@ class _Results(Callback):
 
 
 @pytest.mark.usefixtures("ray_shutdown")
-def test_a_tune_trial_reports_each_epoch_and_keeps_best_pt(data, tmp_path):
+def test_a_tune_trial_reports_all_its_epochs_and_keeps_best_pt(data, tmp_path):
     ray.init(num_cpus=1, include_dashboard=False)
     seen = _Results()
     trials_dir = tmp_path / "exp"
@@ -295,8 +350,10 @@ def test_a_tune_trial_reports_each_epoch_and_keeps_best_pt(data, tmp_path):
     grid = tuner.fit()
     assert grid.num_errors == 0
     results = seen.results
-    assert [r["epoch"] for r in results] == [1, 2]
-    assert [r["caviar_status"] for r in results] == ["running", "completed"]
+    # Epochs of milliseconds: one report at the last epoch, carrying both.
+    assert [r["epoch"] for r in results] == [2]
+    assert [m["epoch"] for m in reported_epochs(results[0])] == [1, 2]
+    assert [r["caviar_status"] for r in results] == ["completed"]
     fingerprint = hardware_fingerprint()
     for r in results:
         assert math.isfinite(r["val_loss"]) and r["val_loss"] > 0
@@ -308,7 +365,7 @@ def test_a_tune_trial_reports_each_epoch_and_keeps_best_pt(data, tmp_path):
     tid = results[0]["trial_id"]
     own = trials_dir / f"trial_{tid}"
     best = load_checkpoint(own / BEST_FILE)
-    best_epoch = min(results, key=lambda r: r["val_loss"])["epoch"]
+    best_epoch = min(reported_epochs(results[0]), key=lambda r: r["val_loss"])["epoch"]
     assert best["epoch"] == best_epoch and best["seed"] == 3
     assert best["hparams"]["lr"] == 0.05
-    assert _epoch_files(own) == ["epoch_00001.pt", "epoch_00002.pt"]
+    assert _epoch_files(own) == ["epoch_00002.pt"]  # written at the report
