@@ -7,6 +7,7 @@ and rules (``Settings``), its budget, and how it is built from its settings.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from orchestrator.strategies._base import RoundRecord, Strategy, TrialRecord
@@ -15,13 +16,14 @@ from orchestrator.strategies._grid import GridStrategy
 from orchestrator.strategies._random import QuasiRandomStrategy, RandomStrategy
 from orchestrator.strategies._settings import parse, to_dict
 from orchestrator.strategies._tpe import TpeStrategy
+from searchspaces import SearchSpace
 from searchspaces.fields import fail, known
 from searchspaces.trial import ROUND_KEY, SEED_KEY
 
 __all__ = [
     "DEFAULT_KIND", "KINDS", "ROUND_KEY", "SEED_KEY", "CoarseToFineStrategy", "GridStrategy",
     "QuasiRandomStrategy", "RandomStrategy", "RoundRecord", "Strategy", "TpeStrategy",
-    "TrialRecord", "budget", "make_strategy", "parse_strategy", "to_dict",
+    "TrialRecord", "budget", "make_strategy", "parse_strategy", "searcher", "to_dict",
 ]
 
 KINDS: dict[str, type[Strategy]] = {cls.kind: cls for cls in (
@@ -53,3 +55,37 @@ def make_strategy(settings, space, metric: str, mode: str, seed: int,
     if isinstance(settings, Mapping):
         settings = parse_strategy(settings, "<strategy>", space)
     return KINDS[settings.kind].from_settings(settings, space, metric, mode, seed, state_file)
+
+
+def searcher(strategy: str | Mapping = DEFAULT_KIND, space=None, *, metric: str | None = None,
+             mode: str | None = None, seed: int = 0) -> Strategy:
+    """A caviar strategy as a Ray Tune Searcher, for a plain ``tune.Tuner``::
+
+        tune.TuneConfig(search_alg=searcher("coarse_to_fine", "space.yaml"),
+                        metric="val_loss", mode="min", num_samples=-1)
+
+    It suggests configurations on the space's own scales (log, reverse_log, ...),
+    plus ``_round`` and ``_seed``; a ``param_space`` given to the Tuner must hold
+    constants only. ``num_samples=-1`` lets the strategy's budget end the run.
+
+    Args:
+        strategy: a kind (``"coarse_to_fine"``) or a sweep file's ``strategy:``
+            section (``{"kind": "tpe", "trials": 64}``); keys left out take the sweep
+            file's defaults.
+        space: a SearchSpace, a search-space mapping (``{"parameters": {...}}``) or
+            the path of a search-space YAML file.
+        metric, mode: the result key to optimise and "min" or "max"; None leaves them
+            to ``TuneConfig``.
+        seed: the strategy's draws (the same seed suggests the same trials).
+
+    Raises:
+        SpecError: an unknown kind or key, a bad value, or a bad space.
+    """
+    if space is None:
+        raise TypeError("searcher() needs a space: a SearchSpace, a mapping or a YAML path")
+    if isinstance(space, (str, os.PathLike)):
+        space = SearchSpace.from_file(space)
+    elif isinstance(space, Mapping):
+        space = SearchSpace.from_dict(space)
+    section = {"kind": strategy} if isinstance(strategy, str) else dict(strategy)
+    return make_strategy(section, space, metric, mode, seed)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ray.tune.search import Searcher
 
@@ -19,6 +21,21 @@ from models.files import atomic_write
 from models.objective import Objective
 from searchspaces import SearchSpace
 from searchspaces.trial import ROUND_KEY, SEED_KEY, reported_epochs
+
+
+def tune_statuses(directory: str, since: float) -> dict[str, str] | None:
+    """trial id -> status in Tune's newest experiment snapshot in ``directory`` written
+    at or after ``since`` (read as plain JSON: nothing in it is unpickled); None if none."""
+    files = [(p.stat().st_mtime, p) for p in Path(directory).glob("experiment_state-*.json")]
+    files = [f for f in files if f[0] >= since]
+    if not files:
+        return None
+    try:
+        state = json.loads(max(files)[1].read_text(encoding="utf-8"))
+        return {t["trial_id"]: t["status"]
+                for t in (json.loads(s) for s, _ in state["trial_data"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # mid-write or another layout: try again later
 
 
 @dataclass
@@ -31,6 +48,7 @@ class TrialRecord:
     score: float | None = None  # best metric over its epochs, None until it reports
     done: bool = False
     error: bool = False
+    known: bool = False  # evaluated elsewhere (add_evaluated_point): outside the budget
 
 
 @dataclass
@@ -106,10 +124,19 @@ class Strategy(Searcher):
         rebuilt from ``trials`` on restore (the trials started are the rounds' own count)."""
         self.ended: dict[int, int] = {}  # round -> trials of it that ended
         self.best_id: str | None = None  # the best ended trial with a finite score
+        self.known = 0  # trials evaluated elsewhere (add_evaluated_point)
+        self.open = {tid for tid, rec in self.trials.items() if not rec.done}  # running
         self._dirty = True  # strategy.json behind what report() says
+        self._unheard: set[str] = set()  # open at a restore, not heard of since
         for tid, rec in self.trials.items():
+            self.known += rec.known
             if rec.done:
                 self._count_end(tid, rec)
+
+    @property
+    def suggested(self) -> int:
+        """Trials this strategy suggested (its budget's count): not the known ones."""
+        return len(self.trials) - self.known
 
     @property
     def started(self) -> dict[int, int]:
@@ -119,27 +146,38 @@ class Strategy(Searcher):
     # -- Ray Tune's interface ------------------------------------------------------------
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """Takes the Tuner's metric and mode. Refuses a ``param_space`` (returns False),
+        as Ray's own searchers do: the space is the strategy's, so Tune stops with a
+        clear error on a ``tune.uniform(...)`` there rather than hand it to the trainable
+        raw; constants there still reach it (Tune merges them under each suggestion)."""
         if metric:
             self._metric = metric
         if mode:
             self._mode = mode
-        return True
+        return not config
 
     def suggest(self, trial_id: str):
-        if len(self.trials) >= self.budget:
+        if not self._metric or self._mode not in ("min", "max"):
+            raise ValueError(
+                f"the {self.kind} strategy has no metric and mode: give them to searcher() "
+                "or make_strategy (Tune hands TuneConfig's to a searcher only with a "
+                "param_space)")
+        if self.suggested >= self.budget:
             return Searcher.FINISHED
         nxt = self._next(trial_id)
         if nxt is None or nxt == Searcher.FINISHED:
             return nxt
         round_, unit = nxt
         config = self.space.config_from_unit(unit)
-        trial_seed = self.seed * 100_003 + len(self.trials)
+        trial_seed = self.seed * 100_003 + self.suggested
         self.trials[trial_id] = TrialRecord(round_, [float(u) for u in unit], dict(config))
+        self.open.add(trial_id)
         if self.rounds and self.rounds[-1].round == round_:
             self.rounds[-1].trials += 1
         return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._unheard.discard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is not None:
             for metrics in reported_epochs(result):
@@ -147,6 +185,7 @@ class Strategy(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        self._unheard.discard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is None:
             return
@@ -159,7 +198,53 @@ class Strategy(Searcher):
         if self._dirty:
             self.write_state()
 
+    def add_evaluated_point(self, parameters: dict, value, error: bool = False,
+                            pruned: bool = False, intermediate_values=None) -> None:
+        """A configuration evaluated elsewhere (Ray's hook for known results, e.g. earlier
+        trials or production's hyperparameters): ranked with the strategy's own trials
+        (the best, coarse-to-fine's next box, TPE's model), outside its budget.
+
+        Raises:
+            ValueError: a tuned parameter missing, an unknown one, or a value outside
+                the space.
+        """
+        unit = self._known_unit(parameters)
+        tid = f"known_{self.known:05d}"
+        rec = TrialRecord(-1, unit, self.space.config_from_unit(unit), done=True,
+                          error=bool(error), known=True)
+        rec.score = self._better(None, value)
+        for v in intermediate_values or ():
+            rec.score = self._better(rec.score, v)
+        self.trials[tid] = rec
+        self.known += 1
+        self._count_end(tid, rec)
+        self._on_known(tid, rec, bool(pruned))
+
+    def _known_unit(self, parameters: dict) -> list[float]:
+        names = {p.name for p in self.space.parameters}
+        extra = sorted(set(parameters) - names)
+        missing = [p.name for p in self.space.tuned if p.name not in parameters]
+        if extra or missing:
+            raise ValueError(f"add_evaluated_point: parameters must name each tuned "
+                             f"parameter of the space; unknown: {extra}, missing: {missing}")
+        unit, bad = [], []
+        for p in self.space.tuned:
+            try:
+                u = p.to_unit(parameters[p.name])
+            except (TypeError, ValueError):
+                u = math.nan  # not one of a choice's values, or not a number
+            if not 0.0 <= u <= 1.0:
+                bad.append(f"{p.name}={parameters[p.name]!r}")
+            unit.append(u)
+        if bad:
+            raise ValueError(f"add_evaluated_point: {', '.join(bad)} not in the space")
+        return unit
+
+    def _on_known(self, trial_id: str, rec: TrialRecord, pruned: bool) -> None:
+        """Subclasses with a model of their own (TPE) hear of a known trial here."""
+
     def _count_end(self, trial_id: str, rec: TrialRecord) -> None:
+        self.open.discard(trial_id)
         self.ended[rec.round] = self.ended.get(rec.round, 0) + 1
         score = self.score_of(rec)
         if math.isfinite(score) and (self.best_id is None or self.objective.better(
@@ -174,6 +259,35 @@ class Strategy(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, encoding="utf-8") as f:
             self._load_state(json.loads(f.read()))
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Tune's restore: also notes the trials still open, and where Tune keeps its own
+        snapshots, for ``settle_restored``."""
+        super().restore_from_dir(checkpoint_dir)
+        self._unheard = {tid for tid, rec in self.trials.items() if not rec.done}
+        self._tune_dir, self._restored_at, self._settled_at = checkpoint_dir, time.time(), 0.0
+
+    settle_s = 60.0  # after a restore: how long a trial open at the snapshot may stay silent
+
+    def settle_restored(self, every_s: float = 2.0) -> bool:
+        """Ends the trials open at a restore that Tune will not run again:
+        ``Tuner.restore`` with ``resume_unfinished=False`` ends them, and with
+        ``restart_*`` re-runs them under new ids, without telling the searcher (a
+        coarse-to-fine round would wait for them forever). Such a trial is one that
+        Tune's snapshot since shows ended or gone, or that has stayed silent for
+        ``settle_s`` after the restore (Tune writes no snapshot while it waits for a
+        suggestion with nothing running). Each keeps its best score so far, and still
+        counts if it reports after all. Returns whether any ended."""
+        if not self._unheard or time.monotonic() - self._settled_at < every_s:
+            return False
+        self._settled_at = time.monotonic()
+        silent = time.time() - self._restored_at >= self.settle_s
+        statuses = tune_statuses(self._tune_dir, since=self._restored_at) or {}
+        ended = [tid for tid in sorted(self._unheard) if silent
+                 or statuses and statuses.get(tid, "TERMINATED") in ("TERMINATED", "ERROR")]
+        for tid in ended:
+            self.on_trial_complete(tid, None, error=statuses.get(tid) == "ERROR")
+        return bool(ended)
 
     # -- for subclasses ------------------------------------------------------------------
 

@@ -44,4 +44,4 @@ class GridStrategy(Strategy):
         return cls(space, metric, mode, settings.points, seed, state_file)
 
     def _next(self, trial_id: str):
-        return 0, self.points[len(self.trials)]
+        return 0, self.points[self.suggested]

@@ -36,7 +36,7 @@ class RandomStrategy(Strategy):
         return random_unit(len(self.space.tuned), self.budget, self.seed)
 
     def _next(self, trial_id: str):
-        return 0, self.points[len(self.trials)]
+        return 0, self.points[self.suggested]
 
 
 class QuasiRandomStrategy(RandomStrategy):

@@ -1,8 +1,11 @@
-"""TPE (Bayesian) search through Ray Tune's Optuna searcher, in unit space.
+"""TPE (Bayesian) search through Ray Tune's Optuna searcher, on Optuna's own
+distributions.
 
-Optuna sees one uniform [0, 1] coordinate per tuned parameter; caviar maps the
-point onto the parameters' own scales, so reverse_log (which Optuna lacks)
-works like every other scale.
+Each tuned parameter is what an Optuna user would declare: floats and integers on
+linear or log scales (integers as integers: TPE's discrete kernels give the bounds
+their full share), choices as categorical. Optuna lacks reverse_log: a parameter
+on it is ``1 - value`` on a log scale (momentum's 1-β). Parallel trials go through
+Optuna's constant liar, so workers do not all sample the same spot.
 """
 
 from __future__ import annotations
@@ -10,14 +13,48 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ray import tune
 
 from orchestrator.strategies._base import Strategy, whole_space_round
 from orchestrator.strategies._random import TrialBudget
+from searchspaces import ChoiceParameter, FloatParameter, IntParameter
+
+_PRIMITIVE = (type(None), bool, int, float, str)
 
 
-def _coord(i: int) -> str:
-    return f"u{i}"
+class _Coordinate:
+    """One tuned parameter as Optuna sees it: its distribution, and the maps from a
+    caviar value to Optuna's and back."""
+
+    def __init__(self, p):
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        self.p, self.flip = p, False
+        scale = getattr(p, "scale", None)
+        if isinstance(p, ChoiceParameter) and all(isinstance(v, _PRIMITIVE) for v in p.values):
+            self.dist = CategoricalDistribution(p.values)
+        elif isinstance(p, IntParameter) and scale.name in ("linear", "log"):
+            self.dist = IntDistribution(int(scale.low), int(scale.high), log=scale.name == "log")
+        elif isinstance(p, FloatParameter) and scale.name in ("linear", "log"):
+            self.dist = FloatDistribution(scale.low, scale.high, log=scale.name == "log")
+        elif isinstance(p, FloatParameter) and scale.name == "reverse_log":
+            self.flip = True  # 1 - value on a log scale
+            self.dist = FloatDistribution(1.0 - scale.high, 1.0 - scale.low, log=True)
+        else:  # anything else: its unit coordinate
+            self.dist, self.p = FloatDistribution(0.0, 1.0), None
+
+    def to_optuna(self, value, unit: float):
+        if self.p is None:
+            return unit
+        return 1.0 - value if self.flip else value
+
+    def to_unit(self, x) -> float:
+        if self.p is None:
+            return float(x)
+        return self.p.to_unit(1.0 - x if self.flip else x)
 
 
 def _rngs(sampler) -> list:
@@ -35,22 +72,52 @@ class TpeStrategy(Strategy):
     Settings = TrialBudget
 
     def __init__(self, space, metric, mode, budget: int, seed: int = 0, state_file=None):
+        super().__init__(space, metric, mode, budget, seed, state_file)
+        self.coords = {p.name: _Coordinate(p) for p in space.tuned}
+        self.inner = self._make_inner()
+        self.rounds = [whole_space_round(space)]
+
+    def _make_inner(self):
+        """Optuna's TPE over the unit cube, for this strategy's metric and mode."""
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        super().__init__(space, metric, mode, budget, seed, state_file)
-        unit_space = {_coord(i): tune.uniform(0.0, 1.0) for i in range(len(space.tuned))}
-        self.inner = OptunaSearch(unit_space, metric=metric, mode=mode,
-                                  sampler=TPESampler(seed=seed))
-        self.rounds = [whole_space_round(space)]
+        return OptunaSearch(self._distributions(), metric=self._metric, mode=self._mode or "min",
+                            sampler=TPESampler(seed=self.seed, constant_liar=True))
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """The Tuner's metric and mode reach Optuna too: before any trial, the study is
+        made again for them (its direction is fixed when made)."""
+        before = (self._metric, self._mode)
+        accepted = super().set_search_properties(metric, mode, config, **spec)
+        if (self._metric, self._mode) != before:
+            if self.trials:
+                raise ValueError("a tpe strategy's metric and mode cannot change once it "
+                                 f"has trials ({before} -> {(self._metric, self._mode)})")
+            self.inner = self._make_inner()
+        return accepted
+
+    def _distributions(self) -> dict:
+        return {name: c.dist for name, c in self.coords.items()}
+
+    def _params(self, config: dict, unit) -> dict:
+        """A configuration as Optuna's parameters."""
+        return {name: c.to_optuna(config[name], u)
+                for (name, c), u in zip(self.coords.items(), unit)}
 
     def _next(self, trial_id: str):
         point = self.inner.suggest(trial_id)
         if point is None or point == self.FINISHED:
             return point
-        return 0, [point[_coord(i)] for i in range(len(self.space.tuned))]
+        return 0, [c.to_unit(point[name]) for name, c in self.coords.items()]
+
+    def _on_known(self, trial_id, rec, pruned: bool) -> None:
+        self.inner.add_evaluated_point(self._params(rec.config, rec.unit),
+                                       self._finite(rec.score), error=rec.error, pruned=pruned)
 
     def on_trial_complete(self, trial_id, result=None, error=False) -> None:
+        if trial_id not in self.trials:
+            return  # not one of ours (e.g. a restarted errored trial under a new id)
         # Optuna must hear of every trial it suggested; a diverged one as the worst value.
         inner_result = None
         if result is not None:
@@ -81,20 +148,27 @@ class TpeStrategy(Strategy):
                 "rng": [_rng_state(r) for r in _rngs(study.sampler)]}
 
     def _load_state(self, state: dict) -> None:
-        from optuna.distributions import FloatDistribution
         from optuna.trial import TrialState, create_trial
 
         super()._load_state(state)
         study = self.inner._ot_study
-        unit = {_coord(i): FloatDistribution(0.0, 1.0) for i in range(len(self.space.tuned))}
+        dists = self._distributions()
         asked = {}
         for t in state["study"]:  # in number order, so each gets its number back
+            params = self._saved_params(t["params"])
             if t["state"] == "RUNNING":
-                study.enqueue_trial(t["params"])
-                asked[t["number"]] = study.ask(fixed_distributions=unit)
+                study.enqueue_trial(params)
+                asked[t["number"]] = study.ask(fixed_distributions=dists)
             else:
-                study.add_trial(create_trial(params=t["params"], distributions=unit,
+                study.add_trial(create_trial(params=params, distributions=dists,
                                              value=t["value"], state=TrialState[t["state"]]))
         self.inner._ot_trials = {tid: asked[n] for tid, n in state["running"].items()}
         for rng, saved in zip(_rngs(study.sampler), state["rng"]):
             rng.set_state((saved[0], np.array(saved[1], dtype=np.uint32), *saved[2:]))
+
+    def _saved_params(self, params: dict) -> dict:
+        """A saved trial's parameters; an earlier caviar saved unit coordinates u0, u1..."""
+        if set(params) == set(self.coords):
+            return params
+        unit = [params[f"u{i}"] for i in range(len(self.coords))]
+        return self._params(self.space.config_from_unit(unit), unit)
