@@ -4,6 +4,9 @@ DESIGN.md, "Coarse to fine": round 0 samples the whole space; after each round
 the top ``keep`` fraction of trials defines a box in unit space (their min and
 max, widened by ``margin``) and the next round samples inside it; choices narrow
 to the values the top trials used; a best point on the space's edge is reported.
+The box's mechanics are tested with uniform draws in it and whole rounds
+(``MECHANICS``); the defaults (TPE's ratio among draws, points on the space's
+bounds, asynchronous rounds) at the end of the file.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ def bowl(config: dict, best: dict = BEST) -> float:
             + (0.0 if config["activation"] == best["activation"] else 1.0))
 
 
+# Uniform draws in the box, no point put on a bound, a round waits for all of its trials.
+MECHANICS = {"pick": "uniform", "bound_share": 0.0, "zoom_after": 1.0}
+
+
 def c2f(mode: str = "min", seed: int = 1, sampler: str = "random", rounds: int = 4,
-        trials_per_round: int = 12, keep: float = 0.25) -> CoarseToFineStrategy:
+        trials_per_round: int = 12, keep: float = 0.25, **settings) -> CoarseToFineStrategy:
     strategy = make_strategy(
         {"kind": "coarse_to_fine", "rounds": rounds, "trials_per_round": trials_per_round,
-         "keep": keep, "margin": 0.05, "sampler": sampler},
+         "keep": keep, "margin": 0.05, "sampler": sampler, **(settings or MECHANICS)},
         SPACE, METRIC, mode, seed)
     assert isinstance(strategy, CoarseToFineStrategy)
     return strategy
@@ -249,3 +256,58 @@ def test_a_warm_start_outside_the_space_is_clipped_to_it():
     configs = [c for c, _ in sweep(strategy)]
     assert configs[0]["lr"] == pytest.approx(1.0)
     assert all(1e-5 <= c["lr"] <= 1.0 for c in configs)
+
+
+# --- the defaults: TPE's ratio among draws, points on bounds, asynchronous rounds ---------
+
+
+def _best_of(settings: dict, seed: int, best: dict = BEST) -> float:
+    strategy = make_strategy({"kind": "coarse_to_fine", **settings}, SPACE, METRIC, "min", seed)
+    return min(v for _, v in sweep(strategy, best))
+
+
+def test_the_default_pick_ends_nearer_the_optimum_than_uniform_draws():
+    """20 seeded sweeps of the defaults (3 rounds of 16) against the same with uniform
+    draws in each box: the median best is lower (0.009 against 0.045 when measured)."""
+    seeds = range(20)
+    ratio = sorted(_best_of({}, s) for s in seeds)
+    uniform = sorted(_best_of({"pick": "uniform"}, s) for s in seeds)
+    assert ratio[10] < uniform[10] / 2, (ratio[10], uniform[10])
+
+
+def test_points_go_on_a_bound_of_the_space_once_the_box_reaches_it():
+    on_edge = {**BEST, "lr": 1.0}  # the optimum on lr's upper bound
+
+    def lrs(settings):
+        strategy = make_strategy({"kind": "coarse_to_fine", **settings}, SPACE, METRIC,
+                                 "min", 2)
+        return [(c[ROUND_KEY], c["lr"]) for c, _ in sweep(strategy, on_edge)], strategy
+
+    trials, strategy = lrs({})
+    assert all(lr < 1.0 for r, lr in trials if r == 0)  # round 0's draws: never exactly
+    later = [lr for r, lr in trials if r > 0]
+    assert sum(lr == 1.0 for lr in later) >= len(later) // 4, later
+    assert strategy.report()["edges"][0]["edge"] == "upper"
+    trials, _ = lrs({"bound_share": 0.0})
+    assert all(lr < 1.0 for _, lr in trials)
+
+
+def test_a_round_zooms_once_zoom_after_of_it_ended_and_the_box_follows_the_last():
+    strategy = c2f(rounds=2, trials_per_round=4, keep=0.25, pick="uniform", bound_share=0.0,
+                   zoom_after=0.75)
+    ids = [f"t{i}" for i in range(4)]
+    configs = [strategy.suggest(t) for t in ids]
+    for t, c in zip(ids[:2], configs):
+        _end(strategy, t, bowl(c))
+    assert strategy.suggest("t4") is None  # 2 of 4 ended: 3 needed
+    _end(strategy, ids[2], bowl(configs[2]))
+    first = strategy.suggest("t4")  # a worker need not wait for the straggler
+    assert first[ROUND_KEY] == 1
+    box = strategy.report()["rounds"][1]["box"]
+    assert in_box(first, box)
+    # The straggler ends, the best of all: round 1's box is made again around it.
+    _end(strategy, ids[3], -1.0)
+    second = strategy.suggest("t5")
+    refreshed = strategy.report()["rounds"][1]["box"]
+    assert refreshed != box and in_box(configs[3], refreshed) and in_box(second, refreshed)
+    assert strategy.rounds[1].trials == 2 and strategy.box_settled

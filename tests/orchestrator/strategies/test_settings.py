@@ -71,9 +71,11 @@ def test_coarse_to_fine_defaults():
     settings = parse({"kind": "coarse_to_fine"})
     assert dataclasses.asdict(settings) == {
         "kind": "coarse_to_fine", "rounds": 3, "trials_per_round": 16, "keep": 0.25,
-        "margin": 0.1, "sampler": "random", "start": None, "width": 0.25}
+        "margin": 0.1, "sampler": "quasi_random", "start": None, "width": 0.25,
+        "pick": "ratio", "candidates": 8, "bound_share": 0.5, "zoom_after": 0.75}
     assert keys(type(settings)) == ("kind", "rounds", "trials_per_round", "keep", "margin",
-                                    "sampler", "start", "width")
+                                    "sampler", "start", "width", "pick", "candidates",
+                                    "bound_share", "zoom_after")
 
 
 def test_given_values_replace_the_defaults():
@@ -155,7 +157,8 @@ def test_to_dict_round_trips_through_parse_strategy(section):
 def test_to_dict_leaves_out_an_unset_start():
     d = to_dict(parse({"kind": "coarse_to_fine"}))
     assert d == {"kind": "coarse_to_fine", "rounds": 3, "trials_per_round": 16, "keep": 0.25,
-                 "margin": 0.1, "sampler": "random", "width": 0.25}
+                 "margin": 0.1, "sampler": "quasi_random", "width": 0.25, "pick": "ratio",
+                 "candidates": 8, "bound_share": 0.5, "zoom_after": 0.75}
 
 
 # --- make_strategy ---------------------------------------------------------------------
