@@ -93,20 +93,34 @@ def tasks(which: str, folder: Path = LCBENCH) -> list[str]:
 # -- the players: each as ask(trial_id) -> config | None | "FINISHED", and tell ----------
 
 
-def caviar_player(kind: str, trials: int, seed: int):
+def settings_of(name: str) -> tuple[str, dict]:
+    """``coarse_to_fine[pick=uniform;zoom_after=1]`` -> the kind and the keys given."""
+    kind, _, rest = name.partition("[")
+    keys = {}
+    for item in filter(None, rest.rstrip("]").split(";")):
+        key, _, value = item.partition("=")
+        try:
+            keys[key] = json.loads(value)
+        except ValueError:
+            keys[key] = value
+    return kind, keys
+
+
+def caviar_player(name: str, trials: int, seed: int):
     from ray.tune.search import Searcher
 
     from orchestrator.strategies import searcher
 
+    kind, keys = settings_of(name)
     space = json.loads(json.dumps(SPACE))
     if kind.endswith("_reverse_log"):
         kind = kind.removesuffix("_reverse_log")
         space["parameters"]["momentum"]["scale"] = "reverse_log"
-    section = {"kind": kind}
+    section = {"kind": kind, **keys}
     if kind == "grid":
         section["points"] = 2  # 2**7 = 128: the grid's first 48 (the space's corners)
     elif kind == "coarse_to_fine":
-        section["trials_per_round"] = math.ceil(trials / 3)  # the default 3 rounds
+        section.setdefault("trials_per_round", math.ceil(trials / section.get("rounds", 3)))
     else:
         section["trials"] = trials
     s = searcher(section, space, metric=METRIC, mode="max", seed=seed)
@@ -265,7 +279,9 @@ def main(argv=None) -> None:
                     help="one trial in every 12 takes K times its time (default 1: none)")
     ap.add_argument("--strategies", default=",".join(CAVIAR + OPTUNA),
                     help="comma-separated; caviar's kinds (a _reverse_log suffix puts "
-                         "momentum on the course's 1-β scale) and " + ", ".join(OPTUNA))
+                         "momentum on the course's 1-β scale; keys in brackets, e.g. "
+                         "'coarse_to_fine[pick=uniform;zoom_after=1]') and "
+                         + ", ".join(OPTUNA))
     ap.add_argument("--json", metavar="PATH", help="also write every result here")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -32,7 +32,7 @@ def sweep_dict(kind: str, budget: int, seed: int, epochs: int, scheduler: str = 
     if kind == "grid":
         strategy["points"] = 2  # 2**6 = 64 points over the course space's 6 tuned parameters
     elif kind == "coarse_to_fine":
-        strategy.update(rounds=4, trials_per_round=budget // 4, keep=0.25, margin=0.05)
+        strategy.update(rounds=4, trials_per_round=budget // 4)  # else its defaults
     else:
         strategy["trials"] = budget
     sched = {"kind": scheduler}
@@ -95,25 +95,31 @@ def main() -> None:
     ap.add_argument("--skip-asha", action="store_true")
     ap.add_argument("--skip-strategies", action="store_true")
     ap.add_argument("--grace", type=int, default=1, help="asha's grace_epochs")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help="comma-separated kinds to compare (default: all)")
     args = ap.parse_args()
+    kinds = args.strategies.split(",")
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)  # its own Ray, even beside a `ray start` cluster
     tmp = Path(tempfile.mkdtemp(prefix="caviar-bench-search-"))
     try:
-        curves = {k: [] for k in STRATEGIES}
+        curves = {k: [] for k in kinds}
         for seed in range(0 if args.skip_strategies else args.seeds):
-            for kind in STRATEGIES:
+            for kind in kinds:
                 events = run(sweep_dict(kind, args.budget, seed, args.epochs), tmp)
                 curves[kind].append(best_so_far_by_trial(events))
                 print(f"seed {seed} {kind:15s} best val_loss {curves[kind][-1][-1]:.4f}",
                       flush=True)
         if not args.skip_strategies:
-            grid_best = statistics.median(c[-1] for c in curves["grid"])
+            reference = "grid" if "grid" in curves else kinds[0]
+            grid_best = statistics.median(c[-1] for c in curves[reference])
             print(f"\nbudget {args.budget} trials x {args.epochs} epochs on digits, "
-                  f"{args.seeds} seeds; grid's median best val_loss {grid_best:.4f}")
-            print(f"{'strategy':15s} {'median best':>12s} {'trials to grid best (median)':>30s}")
-            for kind in STRATEGIES:
+                  f"{args.seeds} seeds; {reference}'s median best val_loss {grid_best:.4f}")
+            print(f"{'strategy':15s} {'median best':>12s} "
+                  f"{f'trials to {reference} best (median)':>30s}")
+            for kind in kinds:
                 best = statistics.median(c[-1] for c in curves[kind])
                 reach = [trials_to_reach(c, grid_best) for c in curves[kind]]
                 got = sorted(r for r in reach if r is not None)

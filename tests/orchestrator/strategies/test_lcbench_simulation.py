@@ -72,3 +72,9 @@ def test_ranks_share_ties_and_tables_count_wins():
     assert bench.win_share(results, "x", "y") == 0.75
     assert bench.idle_share(results, "x") == 0.25
     assert bench.table(results).splitlines()[2].startswith("x")
+
+
+def test_a_strategy_name_may_carry_its_keys():
+    assert bench.settings_of("coarse_to_fine") == ("coarse_to_fine", {})
+    assert bench.settings_of("coarse_to_fine[pick=uniform;zoom_after=1;keep=0.5]") == (
+        "coarse_to_fine", {"pick": "uniform", "zoom_after": 1, "keep": 0.5})
