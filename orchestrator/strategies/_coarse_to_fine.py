@@ -237,7 +237,8 @@ class CoarseToFineStrategy(Strategy):
         """Closes the round: the next box from the top ``keep`` fraction of finished trials."""
         self.round += 1
         self.box = self._top_box()
-        self.rounds.append(RoundRecord(self.round, self.box.intervals, self.box.choices))
+        self.rounds.append(RoundRecord(self.round, dict(self.box.intervals),
+                                       dict(self.box.choices)))
         self._dirty = True
 
     def _top_box(self) -> _Box:
@@ -265,7 +266,14 @@ class CoarseToFineStrategy(Strategy):
         if self.round == 0 or self.box_settled or len(self._order) == self.box_basis:
             return
         self.box = self._top_box()
-        self.rounds[-1].box, self.rounds[-1].choices = self.box.intervals, self.box.choices
+        record = self.rounds[-1]  # the union of the boxes the round drew from: its
+        for name, (lo, hi) in self.box.intervals.items():  # trials all lie inside it
+            was = record.box.get(name, [lo, hi])
+            record.box[name] = [min(lo, was[0]), max(hi, was[1])]
+        for name, allowed in self.box.choices.items():
+            was = record.choices.get(name, [])
+            p = self.space[name]
+            record.choices[name] = [v for v in p.values if v in allowed or v in was]
         self._dirty = True
 
     def edges(self, margin: float | None = None) -> list[dict]:

@@ -349,10 +349,13 @@ def test_on_a_cluster_a_detached_actor_trains_and_a_lost_node_restarts_it(
     assert sorted(steps) == list(range(1, max(steps) + 1)), "an epoch was lost or logged twice"
     assert [e["kind"] for e in b.record.lineage().events].count("worker") == 2
     assert b.metric("b0", "hp_lr")[max(steps)] == 0.02  # the nudge outlived the node
-    probe = (f"import ray; ray.init(address={cluster.address!r}, logging_level='ERROR'); "
-             f"ray.get_actor('babysit-{b.name}', namespace='caviar')")
+    # The stop is on record before the actor's process has exited: give it a minute.
+    probe = (f"import ray, time; ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
+             "for _ in range(120):\n"
+             f"    ray.get_actor('babysit-{b.name}', namespace='caviar')\n"
+             "    time.sleep(0.5)\n")
     probe = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                           timeout=120)
+                           timeout=180)
     assert probe.returncode != 0 and "Failed to look up actor" in probe.stderr  # it ended
 
 
