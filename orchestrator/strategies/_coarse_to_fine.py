@@ -32,7 +32,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from orchestrator.strategies._base import RoundRecord, Strategy, whole_space_round
-from orchestrator.strategies._density import best_by_ratio, draw_near
+from orchestrator.strategies._density import best_by_ratio
 from orchestrator.strategies._settings import number_in, one_of, setting, whole_number
 from searchspaces import ChoiceParameter
 from searchspaces.fields import fail, unknown
@@ -130,7 +130,6 @@ class CoarseToFineStrategy(Strategy):
         self.margin = margin
         self.sampler = sampler
         self.pick, self.candidates = pick, candidates
-        self.near = False
         self.box_basis, self.box_settled = 0, True
         self.bound_share, self.zoom_after = bound_share, zoom_after
         self.round = 0
@@ -179,24 +178,9 @@ class CoarseToFineStrategy(Strategy):
             return self._on_bounds(first, rng)
         good, others = self._model_trials()
         d = len(self.space.tuned)
-        if self.near:
-            extra = [self._clip_to_box(u) for u in draw_near(good, self.candidates - 1, rng)]
-        else:
-            extra = [self.box.place(self.space, rng.random(d)) for _ in range(self.candidates - 1)]
+        extra = [self.box.place(self.space, rng.random(d)) for _ in range(self.candidates - 1)]
         draws = np.array([self._on_bounds(u, rng) for u in [first] + extra])
         return list(draws[best_by_ratio(draws, good, others)])
-
-    def _clip_to_box(self, u) -> list[float]:
-        """A point moved into the box: numbers clipped, choices to the nearest allowed."""
-        out = []
-        for p, x in zip(self.space.tuned, u):
-            if p.name in self.box.choices:
-                allowed = [p.to_unit(v) for v in self.box.choices[p.name]]
-                out.append(min(allowed, key=lambda a: abs(a - x)))
-            else:
-                lo, hi = self.box.intervals[p.name]
-                out.append(min(hi, max(lo, float(x))))
-        return out
 
     def _model_trials(self, most_good: int = 64, most_others: int = 256):
         """The unit points of the top ``keep`` ended trials (at most ``most_good``, the

@@ -31,12 +31,6 @@ def log_density(points: np.ndarray, at: np.ndarray) -> np.ndarray:
     return top[:, 0] + np.log(np.exp(log_k - top).sum(axis=1)) - math.log(len(points))
 
 
-def draw_near(points: np.ndarray, n: int, rng) -> np.ndarray:
-    """``n`` draws from the density of ``points`` (unclipped)."""
-    picks = points[rng.integers(len(points), size=n)]
-    return picks + rng.normal(size=picks.shape) * bandwidths(points)
-
-
 def best_by_ratio(candidates: np.ndarray, good: np.ndarray, others: np.ndarray) -> int:
     """The index of the candidate with the highest good-to-others density ratio."""
     score = log_density(good, candidates) - log_density(others, candidates)

@@ -78,7 +78,7 @@ class TpeStrategy(Strategy):
         self.rounds = [whole_space_round(space)]
 
     def _make_inner(self):
-        """Optuna's TPE over the unit cube, for this strategy's metric and mode."""
+        """Optuna's TPE over the tuned parameters, for this strategy's metric and mode."""
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
