@@ -146,11 +146,13 @@ def _read(spec: DataSpec, base_dir) -> tuple[np.ndarray, np.ndarray, list]:
         return bunch.data, bunch.target, [f"pixel_{i}" for i in range(bunch.data.shape[1])]
     if spec.source == "synthetic":
         return _synthetic(spec)
-    path = resolve_path(spec.path, base_dir)
+    path = resolve_path(spec.path, base_dir).resolve()
     if not path.exists():
         tried = f" (also looked in {base_dir})" if base_dir and not Path(spec.path).is_absolute() \
             else ""
         raise DataError(f"{spec.path}: no such file{tried}")
+    if not path.is_file():  # a folder, a FIFO or a device: nothing to read a table from
+        raise DataError(f"{spec.path}: {path} is not a regular file")
     if spec.source == "npz":
         return _read_npz(path, spec)
     return _read_table(path, spec)

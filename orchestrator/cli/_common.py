@@ -47,6 +47,15 @@ def add_address(p: argparse.ArgumentParser, what: str) -> None:
                    "cores)")
 
 
+def add_storage(p: argparse.ArgumentParser, where: str = "") -> None:
+    """``--storage``: trial storage, a shared folder or an object store."""
+    p.add_argument("--storage", default=os.environ.get("CAVIAR_STORAGE"),
+                   help=f"where trials keep their checkpoints{where}: a folder (NFS on a "
+                   "cluster: the same path on every node) or s3://BUCKET/PREFIX, gs://...; "
+                   "an S3-compatible store's address from $AWS_ENDPOINT_URL (default: "
+                   "$CAVIAR_STORAGE, else the sweep's storage, else WORKDIR/ray)")
+
+
 def seed_or_draw(seed: int | None) -> int:
     """``seed``, else one drawn now and printed, so the run can be repeated."""
     if seed is not None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestrator.cli._common import EXIT_FAILURE, EXIT_OK, add_address, add_tracking_uri
+from orchestrator.cli._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_address,
+    add_storage,
+    add_tracking_uri,
+)
 from searchspaces import SpecError
 
 REPORTED = ("model", "decision", "stale", "reasons", "production_version", "new_version",
@@ -20,7 +26,8 @@ def cmd_retune(args) -> int:
     spec = load_retune(args.file)
     try:
         report = run_retune(spec, args.workdir, tracking_uri=args.tracking_uri,
-                            address=args.address, dry_run=args.dry_run, force=args.force)
+                            address=args.address, dry_run=args.dry_run, force=args.force,
+                            storage=args.storage)
     except RegistryError as e:  # the file names a model the registry lacks
         raise SpecError(args.file, "key 'model'", str(e)) from None
     except RetuneFailed as e:
@@ -51,6 +58,7 @@ def add_retune(sub, common) -> None:
     p.add_argument("--force", action="store_true",
                    help="re-tune even when no trigger fires")
     add_address(p, "a Ray cluster to run the search and the gate on")
+    add_storage(p, " (the search's)")
     add_tracking_uri(p, "the MLflow store holding the model", "the file's tracking.uri",
                      "its sweep's tracking.uri")
     p.set_defaults(func=cmd_retune)

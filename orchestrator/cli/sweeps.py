@@ -14,6 +14,7 @@ from orchestrator.cli._common import (
     EXIT_OK,
     UsageError,
     add_address,
+    add_storage,
     add_tracking_uri,
 )
 from searchspaces.yamlio import load_mapping
@@ -29,7 +30,8 @@ def cmd_sweep(args) -> int:
 
     try:
         summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
-                            fresh=args.fresh, tracking_uri=args.tracking_uri)
+                            fresh=args.fresh, tracking_uri=args.tracking_uri,
+                            storage=args.storage)
     except SweepError as e:
         raise UsageError(str(e)) from None
     except DiskFull as e:
@@ -83,7 +85,8 @@ def cmd_submit(args) -> int:
     sweep, files = job_file(spec, raw)
     try:
         job_id, status = submit(spec.name, sweep, files, args.address, args.workdir,
-                                wait=not args.no_wait, resume=args.resume)
+                                wait=not args.no_wait, resume=args.resume,
+                                storage=args.storage)
     except ConnectionError as e:
         print(f"caviar: failed: cannot reach the Ray dashboard at {args.address} ({e}); "
               "is the cluster up, and is its dashboard port (8265) reachable?", file=sys.stderr)
@@ -109,6 +112,7 @@ def add_sweep(sub, common) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="start over: an earlier sweep of the same name is moved aside")
     add_tracking_uri(p, "MLflow tracking server or store", "the sweep's tracking.uri")
+    add_storage(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -146,4 +150,5 @@ def add_submit(sub, common) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="print the job id and return without following the job")
     p.add_argument("--resume", action="store_true", help="resume the sweep on the cluster")
+    add_storage(p, " on the cluster")
     p.set_defaults(func=cmd_submit)

@@ -30,6 +30,18 @@ def loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def use_token_if_any() -> None:
+    """Joining a cluster with token authentication: a Ray 2.60 client given an address
+    sends its token only with RAY_AUTH_MODE=token, which a token in RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns on here (unless the mode is set)."""
+    from pathlib import Path
+
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
+                                               or token_file.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect(address: str | None = None, quiet: bool = True) -> None:
     """Joins a Ray cluster (``address`` / RAY_ADDRESS), else starts Ray in this process."""
     import ray
@@ -39,6 +51,7 @@ def connect(address: str | None = None, quiet: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": "ERROR", "log_to_driver": not quiet}
     if address:
+        use_token_if_any()
         ray.init(address=address, **kwargs)
     else:
         loopback_only()

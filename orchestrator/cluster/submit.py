@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.cluster.connect import use_token_if_any
+
 PACKAGES = ("orchestrator", "models", "searchspaces")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_WAIT_S = 60.0  # how long a "no available agent, try again later" is retried
@@ -39,22 +41,13 @@ def stage(sweep: dict, files: dict[str, Path], into: Path) -> Path:
     return staged
 
 
-def _use_token_if_any() -> None:
-    """Ray 2.5x clusters may require token auth; the client sends the token only in
-    token mode. A token in RAY_AUTH_TOKEN or ~/.ray/auth_token turns that mode on."""
-    import os
-
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
-                                               or token_file.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str, *,
-           wait: bool = True, resume: bool = False, stream=None) -> tuple[str, str]:
+           wait: bool = True, resume: bool = False, storage: str | None = None,
+           stream=None) -> tuple[str, str]:
     """Submits the sweep ``name`` (its file's mapping, and the local ``files`` it names);
-    returns (job id, final status, or PENDING when not waiting)."""
-    _use_token_if_any()  # before Ray is imported: it reads the mode once
+    returns (job id, final status, or PENDING when not waiting). ``storage``: the
+    trial storage on the cluster (else the sweep's)."""
+    use_token_if_any()  # before the client is made: it reads the mode once
     from ray.job_submission import JobSubmissionClient
 
     stream = stream or sys.stderr
@@ -64,6 +57,8 @@ def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir
         entry = f"python -m orchestrator.cli sweep sweep.yaml --workdir {shlex.quote(workdir)}"
         if resume:
             entry += " --resume"
+        if storage:
+            entry += f" --storage {shlex.quote(storage)}"
         submission_id = f"caviar-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:

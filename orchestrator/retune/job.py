@@ -54,7 +54,7 @@ class RetuneFailed(Exception):
 
 
 def warm_search(spec: RetuneSpec, start: dict, workdir: Path, uri: str, name: str,
-                address: str | None, stream) -> dict:
+                address: str | None, stream, storage: str | None = None) -> dict:
     """Coarse to fine from production's hyperparameters, on today's data; its summary."""
     import yaml
 
@@ -77,7 +77,7 @@ def warm_search(spec: RetuneSpec, start: dict, workdir: Path, uri: str, name: st
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return run_sweep(parse_sweep(raw, str(path), sweep.base_dir), workdir, address=address,
-                     tracking_uri=uri, stream=stream)
+                     tracking_uri=uri, storage=storage, stream=stream)
 
 
 def register(client, spec: RetuneSpec, run_id: str, model_dir: Path, winner: dict,
@@ -145,9 +145,11 @@ def _open(spec: RetuneSpec, workdir: Path, tracking_uri: str | None):
 
 def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
                tracking_uri: str | None = None, address: str | None = None,
-               dry_run: bool = False, force: bool = False, stream=None) -> dict:
-    """Runs the job; returns its report. Raises Locked (exit 3), RegistryError,
-    StoreMissing or SpecError (exit 2), RetuneFailed (exit 1)."""
+               dry_run: bool = False, force: bool = False, storage: str | None = None,
+               stream=None) -> dict:
+    """Runs the job; returns its report. ``storage``: the search's trial storage (else
+    its sweep's). Raises Locked (exit 3), RegistryError, StoreMissing or SpecError
+    (exit 2), RetuneFailed (exit 1)."""
     stream = stream or sys.stderr
     workdir = Path(workdir).expanduser().resolve()
     client, uri, data, version = _open(spec, workdir, tracking_uri)
@@ -158,6 +160,7 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     report = {"model": spec.model, "decision": "failed", "dry_run": dry_run, "forced": force,
               "started": utcnow().isoformat(timespec="seconds")}
     job = _Job(spec, client, uri, data, report, here, workdir, address, stream)
+    job.storage = storage
     try:
         job.run(version, dry_run, force)
     except (RegistryError, RetuneFailed) as e:
@@ -186,6 +189,7 @@ class _Job:
         self.report, self.here, self.workdir = report, here, workdir
         self.address, self.stream = address, stream
         self.run_id: str | None = None
+        self.storage: str | None = None  # the search's trial storage (None: its sweep's)
 
     def run(self, version, dry_run: bool, force: bool) -> None:
         """Measures the triggers, records the job's run, and re-tunes when it must."""
@@ -214,7 +218,7 @@ class _Job:
               f"{', '.join(report['reasons']) or 'forced'}): a warm-started search of "
               f"{spec.search.budget} trials", file=self.stream, flush=True)
         summary = warm_search(spec, start, self.workdir, self.uri, name, self.address,
-                              self.stream)
+                              self.stream, storage=self.storage)
         report["search"] = {"name": name, "trials": summary["trials"],
                             "parent_run_id": summary["mlflow"]["parent_run_id"]}
         best = (summary.get("best") or {}).get("config")

@@ -20,7 +20,7 @@ from orchestrator.sweep.report import SUMMARY_FILE, TRIALS_CSV
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import register_version, version_tags
 from orchestrator.tracking.sink import STATE_FILE, MlflowSink, StateDamaged
-from orchestrator.tracking.store import embedded_uri, resolve_uri
+from orchestrator.tracking.store import embedded_uri, redacted, resolve_uri
 
 MODEL_DIR, PLOTS_DIR = "model", "plots"
 
@@ -69,7 +69,7 @@ def start_tracking(spec, paths, tracking_uri: str | None, budget: int,
 
 def mlflow_summary(sink: MlflowSink, summary: dict) -> None:
     """summary.json's ``mlflow`` block, and the best trial's run id."""
-    summary["mlflow"] = {"tracking_uri": sink.uri,
+    summary["mlflow"] = {"tracking_uri": redacted(sink.uri),
                          "experiment_id": sink.state["experiment_id"],
                          "parent_run_id": sink.state["parent_run_id"]}
     if summary.get("best"):
@@ -103,13 +103,13 @@ def export_best(paths, summary: dict, data) -> Path | None:
     best = summary.get("best")
     if not best:
         return None
-    path = paths.experiment / f"trial_{best['trial_id']}" / BEST_FILE
-    if not path.exists():
+    trial = paths.experiment / f"trial_{best['trial_id']}"
+    if not trial.exists(BEST_FILE):
         return None
     from models.serving import export_model
     from models.train import holdout_scores, load_checkpoint, net_from_checkpoint
 
-    state = load_checkpoint(path)
+    state = trial.read(BEST_FILE, load_checkpoint)
     test_loss, test_accuracy = holdout_scores(net_from_checkpoint(state), data)
     best["metrics"].update(test_loss=test_loss, test_accuracy=test_accuracy)
     out = paths.dir / MODEL_DIR

@@ -20,6 +20,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from models.objective import Objective
+from orchestrator.cluster.storage import Storage
 from searchspaces.trial import ROUND_KEY, reported_epochs
 
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
@@ -116,13 +117,12 @@ FORCED_EVERY = 2.0  # seconds between the progress lines trials' ends print
 PRUNE_AFTER_S = 60.0  # many experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S) after a trial ends
 
 
-def prune_checkpoints(trial_dir: Path, keep: int = KEEP_CHECKPOINTS) -> int:
-    """Deletes all but a trial's ``keep`` newest checkpoints; returns how many went."""
-    import shutil
-
-    found = sorted(Path(trial_dir).glob("checkpoint_*"), key=lambda p: p.name)
+def prune_checkpoints(trial_dir: str | Path | Storage, keep: int = KEEP_CHECKPOINTS) -> int:
+    """Deletes all but a trial's ``keep`` newest Tune checkpoints; returns how many went."""
+    trial = trial_dir if isinstance(trial_dir, Storage) else Storage(trial_dir)
+    found = trial.list("checkpoint_*")
     for old in found[:-keep] if keep else found:
-        shutil.rmtree(old, ignore_errors=True)
+        trial.delete(old)
     return max(len(found) - keep, 0)
 
 
@@ -215,17 +215,16 @@ class RecordingCallback(Callback):
         for tid in [t for t in self.log.trials if t not in known]:
             self.log.append({"event": "forget", "trial_id": tid, "time": time.time()})
             self._best_known = False  # it may have held the best
-            src = Path(self.trials_dir or "") / f"trial_{tid}"
-            if self.trials_dir and src.is_dir():
-                (Path(self.trials_dir) / ORPHANS).mkdir(exist_ok=True)
-                src.rename(Path(self.trials_dir) / ORPHANS / src.name)
+            trials = Storage(self.trials_dir) if self.trials_dir else None
+            if trials is not None and trials.is_dir(f"trial_{tid}"):
+                trials.move(f"trial_{tid}", trials / ORPHANS / f"trial_{tid}")
 
     def on_step_end(self, iteration, trials, **info):
         if not self.trials_dir:
             return
         now = time.monotonic()
         while self._ended and now - self._ended[0][0] > PRUNE_AFTER_S:
-            prune_checkpoints(Path(self.trials_dir) / f"trial_{self._ended.popleft()[1]}")
+            prune_checkpoints(Storage(self.trials_dir) / f"trial_{self._ended.popleft()[1]}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended.append((time.monotonic(), trial.trial_id))

@@ -2,7 +2,10 @@
 
 Embedded default: Ray started in-process on the local cores (dashboard off),
 trial storage in ``<workdir>/ray/``. With ``address`` (or ``RAY_ADDRESS``) it
-joins an existing cluster instead.
+joins an existing cluster instead; ``storage`` (``--storage``, the sweep's
+``storage:``) puts trial storage on a shared folder or an object store
+(``orchestrator.cluster.storage``). The sweep's own folder (event log,
+summary, plots, model) stays in the workdir, on the driver's machine.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ray import tune  # noqa: E402
 from models.data import load as load_data  # noqa: E402
 from models.files import atomic_write  # noqa: E402
 from orchestrator.cluster.connect import check_resources, connect  # noqa: E402
+from orchestrator.cluster.storage import Storage  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweep import export  # noqa: E402
 from orchestrator.sweep.records import (  # noqa: E402
@@ -111,17 +115,18 @@ class SweepInterrupted(Exception):
 
 @dataclass(frozen=True)
 class SweepPaths:
-    """Where a sweep keeps what: its own folder, and Ray Tune's storage."""
+    """Where a sweep keeps what: its own folder, and Ray Tune's trial storage."""
 
     workdir: Path  # resolved
     dir: Path  # <workdir>/<name>: the event log, summary.json, trials.csv, plots, model
-    storage: Path  # <workdir>/ray: Tune's storage_path
-    experiment: Path  # <workdir>/ray/<name>: Tune's experiment, a folder per trial
+    storage: Storage  # Tune's storage_path: <workdir>/ray, a shared folder or s3://...
+    experiment: Storage  # <storage>/<name>: Tune's experiment, a folder per trial
 
     @classmethod
-    def of(cls, name: str, workdir: str | Path) -> SweepPaths:
+    def of(cls, name: str, workdir: str | Path, storage: str | None = None) -> SweepPaths:
         workdir = Path(workdir).expanduser().resolve()
-        return cls(workdir, workdir / name, workdir / "ray", workdir / "ray" / name)
+        store = Storage(storage or workdir / "ray")
+        return cls(workdir, workdir / name, store, store / name)
 
 
 def trial_dirname(trial) -> str:
@@ -132,10 +137,17 @@ def trial_dirname(trial) -> str:
 def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -> None:
     """A resume needs a sweep to resume; a new sweep needs its name free, or ``fresh``
     (then the old one is moved aside by ``move_aside``). Checks only: changes nothing."""
+    problem = paths.storage.reachable()
+    if problem:
+        raise SweepError(f"trial storage {paths.storage} cannot be used: {problem}. Check "
+                         "the sweep's 'storage' (or --storage) and, for an object store, "
+                         "AWS_ENDPOINT_URL and the credentials in the environment")
     if resume:
-        if not tune.Tuner.can_restore(str(paths.experiment)):
-            raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir} "
-                             "(run it without --resume)")
+        if not tune.Tuner.can_restore(*_experiment_location(paths)):
+            where = "" if paths.storage.path == paths.workdir / "ray" else \
+                f" (trial storage {paths.storage})"
+            raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir}"
+                             f"{where} (run it without --resume)")
         _check_origin(spec, paths)
         return
     if not (paths.experiment.exists() or (paths.dir / LOG_FILE).exists()):
@@ -166,16 +178,48 @@ def _check_origin(spec: SweepSpec, paths: SweepPaths) -> None:
 
 def record_origin(paths: SweepPaths) -> None:
     if not (paths.dir / ORIGIN_FILE).exists():
-        atomic_write(paths.dir / ORIGIN_FILE, json.dumps({"workdir": str(paths.workdir)}))
+        atomic_write(paths.dir / ORIGIN_FILE, json.dumps(
+            {"workdir": str(paths.workdir), "storage": str(paths.storage)}))
+
+
+def started_storage(name: str, workdir: str | Path) -> str | None:
+    """The trial storage the sweep ``name`` in ``workdir`` was started with (a resume
+    goes on there unless told otherwise); None when unknown."""
+    origin = Path(workdir).expanduser().resolve() / name / ORIGIN_FILE
+    try:
+        return json.loads(origin.read_text()).get("storage")
+    except (OSError, ValueError):
+        return None
+
+
+def trial_storage(spec: SweepSpec, workdir: str | Path, storage: str | None,
+                  resume: bool) -> str | None:
+    """The sweep's trial storage: ``storage`` (checked), the sweep's, on resume the one it
+    started with; None: the default, ``<workdir>/ray``."""
+    from orchestrator.cluster.storage import check_location
+
+    if storage is not None:
+        problem = check_location(storage)
+        if problem:
+            raise SweepError(f"--storage: {problem}")
+        return storage
+    return spec.storage or (started_storage(spec.name, workdir) if resume else None)
+
+
+def _experiment_location(paths: SweepPaths) -> tuple[str, object | None]:
+    """(path, filesystem) of the sweep's Tune experiment, as Tune's restore takes them."""
+    return paths.experiment.tune_location()
 
 
 def move_aside(paths: SweepPaths) -> None:
     """``--fresh``: the earlier sweep of the name moved aside, stamped with the time. Done
     only once the whole input is checked: a bad data file must not cost the old sweep."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for p in (paths.experiment, paths.dir):
-        if p.exists():
-            shutil.move(str(p), str(p.with_name(f"{p.name}.old-{stamp}")))
+    if paths.dir.exists():
+        shutil.move(str(paths.dir), str(paths.dir.with_name(f"{paths.dir.name}.old-{stamp}")))
+    name = paths.experiment.name
+    if paths.storage.exists(name):
+        paths.storage.move(name, paths.storage / f"{name}.old-{stamp}")
 
 
 def report_every() -> float:
@@ -214,7 +258,8 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period(spec, strategy.budget)
     if resume:
         try:
-            return tune.Tuner.restore(str(paths.experiment), trainable=trainable,
+            path, filesystem = _experiment_location(paths)
+            return tune.Tuner.restore(path, trainable=trainable, storage_filesystem=filesystem,
                                       resume_unfinished=True, resume_errored=True,
                                       param_space=param_space)
         except (AttributeError, ModuleNotFoundError) as e:  # Tune pickled caviar's classes
@@ -223,6 +268,7 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
                              "with that version, or start over with --fresh") from None
     recorder = RecordingCallback(str(paths.dir / LOG_FILE), spec.metric, spec.epochs,
                                  strategy.budget, stream=stream, trials_dir=str(paths.experiment))
+    storage_path, filesystem = paths.storage.tune_location()
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -232,7 +278,8 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
             max_concurrent_trials=spec.resources.concurrency, reuse_actors=True,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(paths.storage), verbose=0,
+            name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+            verbose=0,
             # The snapshot reaches storage as it is taken (Ray's default: every 5 min).
             sync_config=tune.SyncConfig(sync_period=SNAPSHOT_SECONDS),
             callbacks=[recorder],
@@ -244,7 +291,8 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
 
 def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
               address: str | None = None, resume: bool = False, fresh: bool = False,
-              tracking_uri: str | None = None, stream=None) -> dict:
+              tracking_uri: str | None = None, storage: str | None = None,
+              stream=None) -> dict:
     """Runs the sweep; writes summary.json and trials.csv; returns the summary.
 
     Args:
@@ -255,13 +303,16 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
         fresh: move an earlier sweep of the same name aside and start over.
         tracking_uri: MLflow (else MLFLOW_TRACKING_URI, the sweep's tracking.uri, or the
             embedded ``sqlite:///<workdir>/mlflow.db``).
+        storage: trial storage, a folder or ``s3://BUCKET/PREFIX`` (else the sweep's
+            ``storage``, else on resume the one it started with, else ``<workdir>/ray``).
 
     Raises:
-        SweepError: nothing to resume, or the name is taken (exit 2).
+        SweepError: nothing to resume, the name is taken, or the storage cannot be used
+            (exit 2).
         SweepInterrupted: it stopped before its budget was spent (exit 130).
     """
     stream = stream or sys.stderr
-    paths = SweepPaths.of(spec.name, workdir)
+    paths = SweepPaths.of(spec.name, workdir, trial_storage(spec, workdir, storage, resume))
     started = time.time()
     every = report_every()
     check_start(spec, paths, resume, fresh)
@@ -288,9 +339,9 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     finally:
         if thread is not None:
             thread.stop_soon()
-    for trial_dir in paths.experiment.glob("trial_*"):  # over: keep the last two of each
-        prune_checkpoints(trial_dir)
-    shutil.rmtree(paths.experiment / ORPHANS, ignore_errors=True)
+    for trial_dir in paths.experiment.list("trial_*"):  # over: keep the last two of each
+        prune_checkpoints(paths.experiment / trial_dir)
+    paths.experiment.delete(ORPHANS)
     summary = finish(spec, paths, results, started, strategy.budget, data, sink, thread, stream)
     if not summary["complete"]:
         raise SweepInterrupted(_stopped(spec, paths, summary, strategy.budget))

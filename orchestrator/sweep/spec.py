@@ -13,6 +13,7 @@
     resources: {cpu: 1, gpu: 0, concurrency: 2}
     seed: 0
     register: {name: digits-classifier}
+    storage: s3://my-bucket/caviar   # trial storage (default: WORKDIR/ray): a folder or s3://, gs://
 
 Each section becomes a frozen dataclass (the strategy's is declared by the
 strategy itself, in ``orchestrator.strategies``). Every error is a SpecError
@@ -31,6 +32,7 @@ from models.data import DataError, DataSpec
 from models.objective import METRICS, Objective
 from orchestrator.strategies import budget, parse_strategy, to_dict
 from orchestrator.tracking.registry import MODEL_NAME
+from orchestrator.tracking.store import CREDENTIALS_FROM_ENV, password_in, redacted
 from searchspaces import SearchSpace, SpecError
 from searchspaces.fields import fail, flag, known, number, only_keys, section, unknown, whole
 from searchspaces.yamlio import load_mapping
@@ -38,7 +40,7 @@ from searchspaces.yamlio import load_mapping
 BUILTIN_SPACES = Path(__file__).resolve().parents[2] / "searchspaces"
 
 TOP_KEYS = ("name", "description", "data", "model", "space", "strategy", "scheduler", "epochs",
-            "metric", "resources", "seed", "register", "tracking", "babysit")
+            "metric", "resources", "seed", "register", "tracking", "babysit", "storage")
 SCHEDULER_KEYS = {
     "fifo": (),
     "asha": ("grace_epochs", "reduction_factor"),
@@ -127,6 +129,7 @@ class SweepSpec:
     register: Register | None = None
     tracking: Tracking = field(default_factory=Tracking)
     babysit: Babysit = field(default_factory=Babysit)
+    storage: str | None = None  # trial storage: a folder or an object store URI (None: WORKDIR/ray)
     base_dir: str = "."  # the sweep file's folder, where relative paths are also looked for
 
     @property
@@ -151,6 +154,8 @@ class SweepSpec:
                "tracking": self.tracking.to_dict()}
         if self.babysit.keep is not None:
             out["babysit"] = {"keep": self.babysit.keep}
+        if self.storage is not None:
+            out["storage"] = self.storage
         if self.register is not None:
             out["register"] = {"name": self.register.name, "promote": self.register.promote}
         return out
@@ -315,10 +320,25 @@ def _babysit(raw: Mapping, source: str) -> Babysit:
     return Babysit(None if keep is None else whole(source, "babysit.keep", keep))
 
 
+def _storage(raw: Mapping, source: str) -> str | None:
+    from orchestrator.cluster.storage import check_location
+
+    value = raw.get("storage")
+    if value is None:
+        return None
+    problem = check_location(value)
+    if problem:
+        raise fail(source, "storage", problem)
+    return value
+
+
 def parse_tracking(raw: Mapping, source: str, allowed=("experiment", "uri", "enabled")) -> Tracking:
     """The ``tracking:`` section (a re-tune file's allows no ``enabled``)."""
     t = section(raw, "tracking", source)
     only_keys(source, "tracking", t, allowed)
+    if isinstance(t.get("uri"), str) and password_in(t["uri"]):
+        raise fail(source, "tracking.uri", f"{redacted(t['uri'])} carries a password, and a "
+                   f"file is no place for one (it ends up in git): {CREDENTIALS_FROM_ENV}")
     return Tracking(t.get("experiment"), t.get("uri"),
                     flag(source, "tracking.enabled", t.get("enabled", True)))
 
@@ -343,7 +363,7 @@ def parse_sweep(raw: Mapping, source: str, base_dir: str | Path = ".") -> SweepS
                      metric=_metric(raw, source), resources=_resources(raw, source),
                      seed=_seed(raw, source), register=_register(raw, source),
                      tracking=parse_tracking(raw, source), babysit=_babysit(raw, source),
-                    base_dir=str(Path(base_dir)))
+                     storage=_storage(raw, source), base_dir=str(Path(base_dir)))
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

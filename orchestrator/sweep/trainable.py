@@ -1,9 +1,10 @@
 """The Ray Tune trainable: one trial = one ``models.train.fit`` run, reported epoch by epoch.
 
 It runs on a worker. At each report it writes the trainer's checkpoint into the
-trial's folder (``<storage>/<sweep>/trial_<id>/epoch_NNNNN.pt``, the last two
-kept) and reports the epochs' metrics: every epoch when epochs take seconds, at
-most every ``REPORT_EVERY_S`` when they are short (``_Pace``). A trial restarted
+trial's folder in the sweep's trial storage (a folder, or an object store:
+``orchestrator.cluster.storage``) as ``<storage>/<sweep>/trial_<id>/epoch_NNNNN.pt``,
+the last two kept, and reports the epochs' metrics: every epoch when epochs take
+seconds, at most every ``REPORT_EVERY_S`` when they are short (``_Pace``). A trial restarted
 after a crash, a lost node or a driver killed mid-sweep continues from its
 newest checkpoint there.
 
@@ -35,6 +36,7 @@ from models.objective import Objective
 from models.train import fit, load_checkpoint, save_state
 from orchestrator import caviar_version
 from orchestrator.cluster.hardware import hardware_fingerprint
+from orchestrator.cluster.storage import Storage
 from orchestrator.sweep.records import ORPHANS
 from searchspaces.trial import EPOCHS_KEY, SEED_KEY, hyperparameters
 
@@ -53,26 +55,34 @@ def _device() -> str:
     return "cpu"
 
 
-def save_epoch(run, trial_dir: Path, keep: int = KEEP) -> None:
-    """Writes this epoch's checkpoint (atomically) and deletes all but the last ``keep``."""
-    run.save_checkpoint(trial_dir / f"epoch_{run.epoch:05d}.pt")
-    for old in sorted(trial_dir.glob("epoch_*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
+def _storage(folder: str | os.PathLike | Storage | None) -> Storage | None:
+    if not folder or isinstance(folder, Storage):
+        return folder or None
+    return Storage(folder)
 
 
-def newest_checkpoint(trial_dir: str | os.PathLike | None) -> dict | None:
+def save_epoch(run, trial_dir: str | os.PathLike | Storage, keep: int = KEEP) -> None:
+    """Writes this epoch's checkpoint (whole) and deletes all but the last ``keep``."""
+    trial = _storage(trial_dir)
+    trial.write(f"epoch_{run.epoch:05d}.pt", run.save_checkpoint)
+    for old in trial.list("epoch_*.pt")[:-keep]:
+        trial.delete(old)
+
+
+def newest_checkpoint(trial_dir: str | os.PathLike | Storage | None) -> dict | None:
     """The readable checkpoint of the most epochs in a trial's folder (own or Tune's).
 
     One cut off by a crash does not read whole and is skipped.
     """
-    if not trial_dir or not Path(trial_dir).is_dir():
+    trial = _storage(trial_dir)
+    if trial is None or not trial.is_dir():
         return None
     best = None
-    paths = [*Path(trial_dir).glob("epoch_*.pt"),
-             *Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}")]
-    for path in paths:
+    names = [*trial.list("epoch_*.pt"),
+             *(f"{d}/{CHECKPOINT_FILE}" for d in trial.list("checkpoint_*"))]
+    for name in names:
         try:
-            state = load_checkpoint(path)
+            state = trial.read(name, load_checkpoint)
         except Exception:  # noqa: BLE001 - a partial file from a crash: skip it
             continue
         if best is None or state["epoch"] > best["epoch"]:
@@ -90,8 +100,9 @@ def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> di
     if not trials_dir:
         return None
     best = None
-    for orphan in (Path(trials_dir) / ORPHANS).glob("trial_*"):
-        state = newest_checkpoint(orphan)
+    orphans = _storage(trials_dir) / ORPHANS
+    for name in orphans.list("trial_*"):
+        state = newest_checkpoint(orphans / name)
         if state is None or state["seed"] != seed:
             continue
         if state["hparams"] != asdict(hparams) or state["model_config"] != asdict(model_config):
@@ -110,7 +121,7 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
     every epoch and ASHA sees each of its rungs' epochs (its time is the epoch);
     with PBT one report each, as PBT's time is Tune's training_iteration.
     """
-    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
+    own_dir = _own_dir(trials_dir)
     tune_state, known = None, 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -120,8 +131,8 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
         if own_dir is None or Path(checkpoint.path).parent.name != own_dir.name:
             # A PBT exploit: the donor's state, no replay. This trial's own checkpoints
             # belong to the line it leaves: drop them, or a later restart would go back.
-            for stale in (own_dir.glob("epoch_*.pt") if own_dir else ()):
-                stale.unlink(missing_ok=True)
+            for stale in (own_dir.list("epoch_*.pt") if own_dir else ()):
+                own_dir.delete(stale)
             return tune_state, []
     state = newest_checkpoint(own_dir)
     if state is None:
@@ -129,6 +140,10 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
     if state is None or (tune_state is not None and state["epoch"] <= known):
         return tune_state, []
     return state, state["history"][known:]
+
+
+def _own_dir(trials_dir) -> Storage | None:
+    return _storage(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
 
 
 BEST_FILE = "best.pt"  # the trial's checkpoint at its best epoch (the sweep's metric)
@@ -237,8 +252,9 @@ class _BestKeeper:
     epoch that ``best.pt`` lacks.
     """
 
-    def __init__(self, trial_dir: Path | None, objective: Objective, resumed: dict | None):
-        self.dir, self.objective = trial_dir, objective
+    def __init__(self, trial_dir: str | os.PathLike | Storage | None, objective: Objective,
+                 resumed: dict | None):
+        self.dir, self.objective = _storage(trial_dir), objective
         self.best = objective.best(m.get(objective.name) for m in resumed["history"]) \
             if resumed is not None else None
         self.pending: dict | None = None  # the best epoch's state, not yet written
@@ -252,11 +268,11 @@ class _BestKeeper:
             self.best = v
             self.pending = None if due else run.state_dict()
             if due:
-                run.save_checkpoint(self.dir / BEST_FILE)
+                self.dir.write(BEST_FILE, run.save_checkpoint)
         if due:
             if self.pending is not None:
-                save_state(self.pending, self.dir / BEST_FILE)
-                self.pending = None
+                pending, self.pending = self.pending, None
+                self.dir.write(BEST_FILE, lambda path: save_state(pending, path))
             save_epoch(run, self.dir)
 
 
@@ -272,8 +288,9 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
         model: the sweep's fixed net settings.
         epochs: the epochs each trial trains (schedulers may stop it sooner).
         cpus: CPUs the trial holds: torch gets one thread per CPU.
-        trials_dir: the experiment's storage folder, where trial folders are
-            ``trial_<id>``; None keeps no checkpoints of its own.
+        trials_dir: the experiment's folder in trial storage (a path, or an object
+            store URI), where trial folders are ``trial_<id>``; None keeps no
+            checkpoints of its own.
         tune_checkpoints: also hand Tune a checkpoint every epoch (PBT needs them).
         objective: the sweep's metric, which picks the epoch kept as ``best.pt``
             (default val_loss, min).
@@ -284,9 +301,9 @@ def train_trial(config: dict, *, data, model: dict, epochs: int, cpus: float,
     model_config, hparams = split_config({**model, **hyperparameters(config)})
     seed = int(config.get(SEED_KEY, 0))
     resume, replay = _starting_point(trials_dir, seed, model_config, hparams)
-    own_dir = Path(trials_dir) / f"trial_{_trial_id()}" if trials_dir else None
+    own_dir = _own_dir(trials_dir)
     if own_dir is not None:
-        own_dir.mkdir(parents=True, exist_ok=True)
+        own_dir.mkdir()
     device, threads = _device(), max(1, int(cpus))
     reporter = _Reporter(epochs, tune_checkpoints, node_info(device, threads))
     pace = _Pace(epochs, decisions, every=0.0 if tune_checkpoints else report_every)

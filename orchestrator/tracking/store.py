@@ -29,7 +29,39 @@ def embedded_uri(workdir: str | Path) -> str:
 
 def resolve_uri(explicit: str | None, from_file: str | None, workdir: str | Path) -> str:
     """``--tracking-uri``, else MLFLOW_TRACKING_URI, else the file's, else the embedded store."""
+    if explicit and password_in(explicit):
+        from searchspaces import SpecError
+
+        raise SpecError("--tracking-uri", "", f"{redacted(explicit)} carries a password, which "
+                        "the command line shows to every user of the machine (ps) and keeps in "
+                        "shell history: " + CREDENTIALS_FROM_ENV)
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or from_file or embedded_uri(workdir)
+
+
+CREDENTIALS_FROM_ENV = ("give an MLflow server's credentials in MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD, a database's password in PGPASSWORD (or "
+                        "~/.pgpass), and leave them out of the URI")
+
+
+def password_in(uri: str) -> bool:
+    """Whether ``uri`` carries a password (``scheme://user:PASSWORD@host``)."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(uri).password is not None
+    except ValueError:
+        return False
+
+
+def redacted(uri: str | None) -> str | None:
+    """``uri`` with any password in it replaced by ``***``: what caviar prints and records."""
+    if not uri or not password_in(uri):
+        return uri
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def store_missing(uri: str) -> bool:

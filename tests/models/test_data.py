@@ -396,3 +396,10 @@ def test_errors_about_the_rows_name_the_file(tmp_path):
         f"{i},{'' if i == 4 else i},{i % 2}\n" for i in range(12)))
     with pytest.raises(DataError, match=r"holes.csv: feature 'b' has 1 NaN or infinite"):
         load(DataSpec(source="csv", path=path, label="y"))
+
+
+def test_a_data_path_that_is_no_regular_file_is_refused(tmp_path):
+    folder = tmp_path / "table.csv"
+    folder.mkdir()  # a folder named like a table
+    with pytest.raises(DataError, match="is not a regular file"):
+        load(DataSpec(source="csv", path=str(folder), label="y"))

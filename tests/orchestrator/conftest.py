@@ -135,3 +135,69 @@ def assert_one_paragraph_error(stderr: str, *fragments: str) -> None:
     assert "\n\n" not in text and len(text.splitlines()) == 1, stderr
     for fragment in fragments:
         assert fragment in text, f"{fragment!r} not in {text!r}"
+
+
+# --- the cluster tests' real servers (services.py), one of each per test module -------
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3-compatible server on 127.0.0.1, its own process
+    (services.S3Server: ``.url``, ``.env()``, ``.make_bucket(name)``, ``.keys(bucket,
+    prefix)``)."""
+    import importlib.util
+
+    from services import S3Server, absent
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        absent("moto's S3 server", "pip install 'moto[server]'")
+    s3 = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield s3.start()
+    finally:
+        s3.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_mlflow_server(s3_server, tmp_path_factory):
+    """``mlflow server --app-name basic-auth`` on 127.0.0.1 (services.AuthMlflowServer):
+    runs on a PostgreSQL of its own (database ``mlflow``; the auth store in
+    ``mlflow_auth``), artifacts in the bucket ``mlflow`` of ``s3_server`` under
+    ``artifacts/``. ``.url``, ``.credentials``, ``.client_env()``, ``.backend``."""
+    import importlib.util
+
+    from services import AuthMlflowServer, Postgres, absent, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        absent("PostgreSQL", "apt-get install postgresql")
+    if importlib.util.find_spec("flask_wtf") is None:
+        absent("Flask-WTF (MLflow's basic-auth app)", "pip install 'mlflow[auth]'")
+    pg = Postgres(bin_dir, free_port())
+    try:
+        backend = pg.start()
+        server = AuthMlflowServer(tmp_path_factory.mktemp("mlflow-auth"), backend, s3_server,
+                                  s3_server.make_bucket("mlflow"),
+                                  auth_backend=pg.create_database("mlflow_auth"))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_raylets():
+    """A two-raylet Ray cluster from ``ray start`` with token auth (services.RayRaylets:
+    ``.address``, ``.dashboard``, ``.env()``, ``.node_ids``, ``.nodes()``,
+    ``.kill_worker()``): one CPU each, the worker with the resource ``{"worker": 1}``;
+    a lost node is declared DEAD within about 5 s (health checks each second)."""
+    from services import RayRaylets
+
+    cluster = RayRaylets(env={"RAY_health_check_period_ms": "1000",
+                              "RAY_health_check_failure_threshold": "3"})
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

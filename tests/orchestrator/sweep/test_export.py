@@ -53,7 +53,7 @@ def _spec(tmp_path, **overrides):
 
 def _best_checkpoint(data, paths, trial_id: str = TRIAL, best_epoch: int = 2) -> dict:
     """A real trial's best.pt (saved at ``best_epoch`` of 3) in Tune's experiment folder."""
-    path = paths.experiment / f"trial_{trial_id}" / BEST_FILE
+    path = paths.experiment.path / f"trial_{trial_id}" / BEST_FILE
 
     def callback(metrics, run):
         if run.epoch == best_epoch:

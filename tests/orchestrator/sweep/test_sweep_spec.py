@@ -200,3 +200,21 @@ def test_a_sweep_space_file_with_an_error_is_named_in_the_message(capsys, tmp_pa
     code, _, err = run_main(capsys, "validate", write_sweep(tmp_path, changed(space="mine.yaml")))
     assert code == 2
     assert_one_paragraph_error(err, "mine.yaml", "parameter 'momentum'", "field 'low'")
+
+
+def test_a_tracking_uri_with_a_password_in_a_sweep_file_is_refused(capsys, tmp_path):
+    path = write_sweep(tmp_path, {**GOOD_SWEEP,
+                                  "tracking": {"uri": "http://ann:s3cret@mlflow:5000"}})
+    code, _, err = run_main(capsys, "validate", path)
+    assert code == 2
+    assert_one_paragraph_error(err, str(path), "key 'tracking.uri'", "MLFLOW_TRACKING_PASSWORD")
+    assert "s3cret" not in err
+
+
+def test_storage_goes_round_the_sweep_file(tmp_path):
+    from orchestrator.sweep.spec import parse_sweep
+
+    spec = parse_sweep({**GOOD_SWEEP, "storage": "s3://bucket/caviar"}, "s.yaml", tmp_path)
+    assert spec.storage == "s3://bucket/caviar"
+    assert parse_sweep(spec.to_dict(), "again.yaml", tmp_path).storage == spec.storage
+    assert "storage" not in parse_sweep(GOOD_SWEEP, "s.yaml", tmp_path).to_dict()

@@ -134,3 +134,26 @@ def test_ensure_sqlite_store_leaves_an_existing_store_untouched(store):
 def test_ensure_sqlite_store_leaves_a_server_alone(tmp_path):
     assert ensure_sqlite_store("http://127.0.0.1:1") is None
     assert ensure_sqlite_store("postgresql://u@127.0.0.1:1/db") is None
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("http://ann:s3cret@mlflow:5000", "http://ann:***@mlflow:5000"),
+    ("postgresql://caviar:pw@db:5432/mlflow", "postgresql://caviar:***@db:5432/mlflow"),
+    ("http://mlflow:5000", "http://mlflow:5000"),
+    ("http://ann@mlflow:5000", "http://ann@mlflow:5000"),  # a user name is no secret
+    (None, None),
+])
+def test_a_password_in_a_uri_is_never_shown(uri, shown):
+    from orchestrator.tracking.store import password_in, redacted
+
+    assert redacted(uri) == shown
+    if uri is not None:
+        assert password_in(uri) == (shown != uri)
+
+
+def test_a_tracking_uri_flag_with_a_password_is_refused(tmp_path):
+    from searchspaces import SpecError
+
+    with pytest.raises(SpecError, match="MLFLOW_TRACKING_PASSWORD") as e:
+        resolve_uri("http://ann:s3cret@mlflow:5000", None, tmp_path)
+    assert "s3cret" not in str(e.value)

@@ -1,0 +1,153 @@
+"""Trial storage on a folder and on a real S3-compatible server (moto's, on 127.0.0.1).
+
+Nothing here is mocked: the S3 tests talk to a moto server process over HTTP through
+pyarrow.fs, as Ray Tune's own storage does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, assert_one_paragraph_error, caviar, read_events, sweep_dict
+
+from models.config import HParams, MLPConfig
+from models.train import fit
+from orchestrator.cluster.storage import Storage, check_location
+from orchestrator.sweep.trainable import adopt_orphan, newest_checkpoint, save_epoch
+
+CFG, HP, SEED = MLPConfig(hidden_units=8, layers=1), HParams(lr=0.05), 3
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(params=["folder", "s3"])
+def store(request, tmp_path, s3_server, monkeypatch):
+    """An empty trial storage folder: on the local disk, or in a bucket of the S3 server."""
+    if request.param == "folder":
+        return Storage(tmp_path / "store")
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = f"st-{os.urandom(4).hex()}"
+    s3_server.make_bucket(bucket)
+    return Storage(f"s3://{bucket}/trials")
+
+
+def test_a_store_writes_lists_reads_moves_and_deletes(store):
+    trial = store / "trial_a"
+    trial.mkdir()
+    for n in (1, 2, 3):
+        trial.write(f"epoch_{n:05d}.pt", lambda p, n=n: p.write_text(f"epoch {n}"))
+    trial.write("best.pt", lambda p: p.write_text("best"))
+    assert trial.list("epoch_*.pt") == ["epoch_00001.pt", "epoch_00002.pt", "epoch_00003.pt"]
+    assert trial.read("epoch_00002.pt", lambda p: p.read_text()) == "epoch 2"
+    assert store.is_dir("trial_a") and trial.exists("best.pt") and not trial.exists("x.pt")
+    trial.delete("epoch_00001.pt")
+    assert trial.list("epoch_*.pt") == ["epoch_00002.pt", "epoch_00003.pt"]
+
+    store.move("trial_a", store / "orphans" / "trial_a")
+    assert not store.is_dir("trial_a")
+    assert (store / "orphans" / "trial_a").list() == ["best.pt", "epoch_00002.pt",
+                                                      "epoch_00003.pt"]
+    store.delete("orphans")
+    assert store.list("orphans") == [] and (store / "none").list() == []
+
+
+def test_a_store_pickles_as_its_location_and_rebuilds_its_filesystem(store):
+    import pickle
+
+    store.write("f.txt", lambda p: p.write_text("x"))
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone == store and clone._fs is None
+    assert clone.read("f.txt", lambda p: p.read_text()) == "x"
+
+
+def _train(data, trial, epochs: int) -> None:
+    fit(data, CFG, HP, epochs=epochs, seed=SEED, device="cpu",
+        callback=lambda metrics, run: save_epoch(run, trial))
+
+
+def test_checkpoints_and_orphans_resume_through_the_store(store, tiny_data):
+    """What a restarted trial reads: its newest checkpoint, else an orphan's."""
+    _train(tiny_data, store / "trial_a", epochs=3)
+    assert (store / "trial_a").list() == ["epoch_00002.pt", "epoch_00003.pt"]  # last two
+    assert newest_checkpoint(store / "trial_a")["epoch"] == 3
+    assert newest_checkpoint(str(store / "trial_none")) is None
+
+    store.move("trial_a", store / "orphans" / "trial_a")
+    state = adopt_orphan(str(store), SEED, CFG, HP)
+    assert state["epoch"] == 3 and state["seed"] == SEED
+    assert adopt_orphan(str(store), SEED + 1, CFG, HP) is None
+
+
+@pytest.mark.parametrize(("location", "fragment"), [
+    ("ftp://host/x", "scheme 'ftp'"),
+    ("s3:///no-bucket", "names no bucket"),
+    ("", "must be a folder"),
+    (42, "must be a folder"),
+])
+def test_check_location_refuses_what_is_no_trial_storage(location, fragment):
+    assert fragment in check_location(location)
+
+
+@pytest.mark.parametrize("ok", ["./runs", "/mnt/nfs/caviar", "s3://b/p", "gs://b"])
+def test_check_location_takes_folders_and_object_stores(ok):
+    assert check_location(ok) is None
+
+
+def test_a_sweep_file_with_a_bad_storage_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(storage="hdfs://namenode/x")))
+    done = caviar("sweep", path, "--workdir", tmp_path / "w")
+    assert done.returncode == 2
+    assert_one_paragraph_error(done.stderr, str(path), "key 'storage'", "hdfs")
+    assert not (tmp_path / "w").exists()  # nothing half-done
+
+
+def _run(*args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_missing_bucket_is_refused_before_anything_starts(tmp_path, s3_server):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict()))
+    done = _run("sweep", path, "--workdir", tmp_path / "w", "--storage", "s3://no-such-bucket/x",
+                env=s3_server.env(), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert_one_paragraph_error(done.stderr, "s3://no-such-bucket/x", "'no-such-bucket' does not "
+                               "exist")
+    assert not (tmp_path / "w" / "t").exists()
+
+
+def test_a_sweep_keeps_its_trials_in_s3_and_its_records_here(tmp_path, s3_server):
+    """Checkpoints, best.pt and Tune's snapshots in the bucket; the summary, the event log
+    and the exported model in the workdir; --fresh moves the old experiment aside there."""
+    s3_server.make_bucket("sweeps")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(storage="s3://sweeps/team-a")))
+    workdir = tmp_path / "w"
+    done = _run("sweep", path, "--workdir", workdir, env=s3_server.env())
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((workdir / "t" / "summary.json").read_text())
+    assert summary["trials"]["completed"] == 4
+    keys = s3_server.keys("sweeps", "team-a/t/")
+    trials = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("trial_")}
+    assert len(trials) == 4
+    for trial in trials:
+        assert f"team-a/t/{trial}/best.pt" in keys
+        assert any(k.startswith(f"team-a/t/{trial}/epoch_") for k in keys)
+    assert any(k.startswith("team-a/t/experiment_state-") for k in keys)
+    assert not (workdir / "ray").exists()  # no trial storage on this disk
+    assert (workdir / "t" / "model" / "weights.pt").is_file()
+    assert summary["best"]["metrics"]["test_loss"] is not None  # read back from S3's best.pt
+    assert len({e["trial_id"] for e in read_events(workdir / "t" / "trials.jsonl")}) == 4
+
+    again = _run("sweep", path, "--workdir", workdir, "--fresh", env=s3_server.env())
+    assert again.returncode == 0, again.stderr
+    tops = {k.split("/")[1] for k in s3_server.keys("sweeps", "team-a/")}
+    assert "t" in tops and any(t.startswith("t.old-") for t in tops), tops
