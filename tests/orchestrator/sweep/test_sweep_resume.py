@@ -22,20 +22,30 @@ def _caviar(*args, env=None, **kwargs):
 # Epochs of ~0.1 s. "0": a report and a checkpoint every epoch, as trials with epochs of
 # seconds do. Unset: the pace of short epochs, a report (and checkpoint) per 2 s, each
 # carrying the epochs since the last: a killed trial goes back to its last report.
-PACES = [pytest.param({"CAVIAR_REPORT_EVERY_S": "0"}, 10, (2, 6), id="every-epoch"),
-         pytest.param({}, 50, (1, 35), id="short-epochs-paced")]
+# "s3": trial storage in a bucket of a real S3-compatible server (moto's): checkpoints,
+# orphans and Tune's snapshot go through it; the resume finds it in origin.json.
+PACES = [pytest.param({"CAVIAR_REPORT_EVERY_S": "0"}, 10, (2, 6), None, id="every-epoch"),
+         pytest.param({}, 50, (1, 35), None, id="short-epochs-paced"),
+         pytest.param({"CAVIAR_REPORT_EVERY_S": "0"}, 10, (2, 6), "s3", id="every-epoch-s3")]
 
 
-@pytest.mark.parametrize(("env", "n_epochs", "window"), PACES)
+@pytest.mark.parametrize(("env", "n_epochs", "window", "storage"), PACES)
 def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep, tmp_path, env,
-                                                                    n_epochs, window):
+                                                                    n_epochs, window, storage,
+                                                                    request):
     sweep = write_sweep(data={"source": "synthetic", "size": 20000, "n_features": 30,
                               "classes": 4},
                         strategy={"kind": "random", "trials": 6}, epochs=n_epochs,
                         resources={"cpu": 1, "concurrency": 2})
     workdir = tmp_path / "w"
     log = workdir / "t" / "trials.jsonl"
-    driver = _caviar("sweep", str(sweep), "--workdir", str(workdir), env=env)
+    flags = []
+    if storage == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        bucket = s3.make_bucket(f"resume-{os.urandom(4).hex()}")
+        env = {**env, **s3.env()}
+        flags = ["--storage", f"s3://{bucket}/trials"]  # the resume finds it alone
+    driver = _caviar("sweep", str(sweep), "--workdir", str(workdir), *flags, env=env)
     before = None
     deadline = time.time() + 300
     while time.time() < deadline and driver.poll() is None:
@@ -97,6 +107,12 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
         epochs = {e["epoch"] for e in events if e["event"] == "result" and e["trial_id"] == tid}
         assert epochs == set(range(1, n_epochs + 1)), tid
     assert not (workdir / "ray" / "t" / "orphans").exists()
+    if storage == "s3":
+        keys = s3.keys(bucket, "trials/t/")
+        assert not (workdir / "ray").exists() and keys
+        assert not [k for k in keys if k.startswith("trials/t/orphans/")]
+        assert {k.split("/")[2] for k in keys if k.endswith("/best.pt")} == \
+            {f"trial_{t}" for t in alive}
 
     # MLflow (the embedded store): one run per trial, each epoch once, none left RUNNING.
     from mlflow import MlflowClient
