@@ -41,6 +41,14 @@ def stage(sweep: dict, files: dict[str, Path], into: Path) -> Path:
     return staged
 
 
+def entrypoint(workdir: str, resume: bool = False, storage: str | None = None) -> str:
+    """The job's command line: ``caviar sweep`` of the staged file on the cluster."""
+    words = ["python", "-m", "orchestrator.cli", "sweep", "sweep.yaml", "--workdir", workdir]
+    words += ["--resume"] if resume else []
+    words += ["--storage", storage] if storage else []
+    return shlex.join(words)
+
+
 def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str, *,
            wait: bool = True, resume: bool = False, storage: str | None = None,
            stream=None) -> tuple[str, str]:
@@ -54,11 +62,7 @@ def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="caviar-job-") as tmp:
         stage(sweep, files, Path(tmp))
-        entry = f"python -m orchestrator.cli sweep sweep.yaml --workdir {shlex.quote(workdir)}"
-        if resume:
-            entry += " --resume"
-        if storage:
-            entry += f" --storage {shlex.quote(storage)}"
+        entry = entrypoint(workdir, resume, storage)
         submission_id = f"caviar-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:

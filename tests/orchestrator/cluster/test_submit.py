@@ -65,3 +65,21 @@ def test_submit_to_nothing_fails_clearly(write_sweep):
         timeout=120)
     assert done.returncode == 1
     assert "cannot reach the Ray dashboard" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("kw", "tail"), [
+    ({}, ["--workdir", "/mnt/runs"]),
+    ({"resume": True, "storage": "s3://b/p q"}, ["--workdir", "/mnt/runs", "--resume",
+                                                 "--storage", "s3://b/p q"]),
+])
+def test_the_jobs_command_line_is_caviar_sweep_with_the_flags_given(kw, tail):
+    import shlex
+
+    from orchestrator.cli import build_parser
+    from orchestrator.cli.sweeps import cmd_sweep
+    from orchestrator.cluster.submit import entrypoint
+
+    words = shlex.split(entrypoint("/mnt/runs", **kw))
+    assert words[:3] == ["python", "-m", "orchestrator.cli"] and words[5:] == tail
+    args = build_parser().parse_args(words[3:])
+    assert args.func is cmd_sweep and args.storage == kw.get("storage")
