@@ -20,7 +20,7 @@ def caviar_args(command: list[str]) -> list[str]:
 
 
 def test_the_kubernetes_cronjob_never_runs_two_jobs_and_runs_caviar_retune():
-    job = yaml.safe_load((DEPLOY / "kubernetes" / "caviar-retune-cronjob.yaml").read_text())
+    job = yaml.safe_load((DEPLOY / "k8s" / "base" / "retune-cronjob.yaml").read_text())
     assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     args = build_parser().parse_args(caviar_args(container["command"]))
