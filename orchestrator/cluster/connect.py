@@ -33,13 +33,22 @@ def loopback_only() -> None:
 def use_token_if_any() -> None:
     """Joining a cluster with token authentication: a Ray 2.60 client given an address
     sends its token only with RAY_AUTH_MODE=token, which a token in RAY_AUTH_TOKEN,
-    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns on here (unless the mode is set)."""
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns on here (unless the mode is set).
+
+    Ray reads the mode into its config when it is imported: a process that imported
+    Ray already has its config refreshed, as Ray's own local start does."""
+    import sys
     from pathlib import Path
 
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
-                                               or token_file.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
+    if "RAY_AUTH_MODE" in os.environ or not (os.environ.get("RAY_AUTH_TOKEN")
+                                             or token_file.is_file()):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def connect(address: str | None = None, quiet: bool = True) -> None:
