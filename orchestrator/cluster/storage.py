@@ -181,10 +181,15 @@ class Storage:
                 shutil.copyfileobj(src, dst, 1 << 20)
             return load(local)
 
-    def download(self, name: str, to: Path) -> Path:
-        """The file ``name`` copied to the local path ``to``."""
-        self.read(name, lambda p: shutil.copyfile(p, to))
-        return to
+    def copy(self, name: str, to: Storage) -> None:
+        """The file ``name`` copied whole into the folder ``to``, under the same name."""
+        from models.files import atomic_path
+
+        def save(path: Path) -> None:
+            with atomic_path(path) as tmp:
+                self.read(name, lambda src: shutil.copyfile(src, tmp))
+
+        to.write(name, save)
 
     def mkdir(self) -> None:
         """Makes the folder (an object store has no folders: nothing to make there)."""

@@ -90,16 +90,19 @@ def newest_checkpoint(trial_dir: str | os.PathLike | Storage | None) -> dict | N
     return best
 
 
-def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> dict | None:
+def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams,
+                 into: Storage | None = None) -> dict | None:
     """The newest checkpoint an orphaned trial (same seed, same configuration) left.
 
     A driver killed soon after starting a trial leaves a trial Tune's snapshot
     never saw; on resume the strategy suggests it again under a new id, and this
-    new trial goes on from the orphan's checkpoints instead of epoch 0.
+    new trial goes on from the orphan's checkpoints instead of epoch 0. With
+    ``into`` (the new trial's folder) the orphan's ``best.pt`` comes along: the
+    orphans go when the sweep ends, and the new trial may never beat that epoch.
     """
     if not trials_dir:
         return None
-    best = None
+    best, source = None, None
     orphans = _storage(trials_dir) / ORPHANS
     for name in orphans.list("trial_*"):
         state = newest_checkpoint(orphans / name)
@@ -108,7 +111,9 @@ def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams) -> di
         if state["hparams"] != asdict(hparams) or state["model_config"] != asdict(model_config):
             continue  # the strategy suggested something else this time: start afresh
         if best is None or state["epoch"] > best["epoch"]:
-            best = state
+            best, source = state, orphans / name
+    if into is not None and source is not None and source.exists(BEST_FILE):
+        source.copy(BEST_FILE, into)
     return best
 
 
@@ -136,7 +141,7 @@ def _starting_point(trials_dir, seed, model_config, hparams) -> tuple[dict | Non
             return tune_state, []
     state = newest_checkpoint(own_dir)
     if state is None:
-        state = adopt_orphan(trials_dir, seed, model_config, hparams)
+        state = adopt_orphan(trials_dir, seed, model_config, hparams, into=own_dir)
     if state is None or (tune_state is not None and state["epoch"] <= known):
         return tune_state, []
     return state, state["history"][known:]

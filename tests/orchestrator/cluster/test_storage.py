@@ -16,9 +16,9 @@ import yaml
 from conftest import REPO, assert_one_paragraph_error, caviar, read_events, sweep_dict
 
 from models.config import HParams, MLPConfig
-from models.train import fit
+from models.train import fit, load_checkpoint
 from orchestrator.cluster.storage import Storage, check_location
-from orchestrator.sweep.trainable import adopt_orphan, newest_checkpoint, save_epoch
+from orchestrator.sweep.trainable import BEST_FILE, adopt_orphan, newest_checkpoint, save_epoch
 
 CFG, HP, SEED = MLPConfig(hidden_units=8, layers=1), HParams(lr=0.05), 3
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,21 +66,28 @@ def test_a_store_pickles_as_its_location_and_rebuilds_its_filesystem(store):
 
 
 def _train(data, trial, epochs: int) -> None:
-    fit(data, CFG, HP, epochs=epochs, seed=SEED, device="cpu",
-        callback=lambda metrics, run: save_epoch(run, trial))
+    def on_epoch(metrics, run):
+        if run.epoch == 2:
+            trial.write(BEST_FILE, run.save_checkpoint)
+        save_epoch(run, trial)
+
+    fit(data, CFG, HP, epochs=epochs, seed=SEED, device="cpu", callback=on_epoch)
 
 
 def test_checkpoints_and_orphans_resume_through_the_store(store, tiny_data):
-    """What a restarted trial reads: its newest checkpoint, else an orphan's."""
+    """What a restarted trial reads: its newest checkpoint, else an orphan's, whose
+    best.pt the adopting trial takes along (the orphans go when the sweep ends)."""
     _train(tiny_data, store / "trial_a", epochs=3)
-    assert (store / "trial_a").list() == ["epoch_00002.pt", "epoch_00003.pt"]  # last two
+    assert (store / "trial_a").list() == [BEST_FILE, "epoch_00002.pt", "epoch_00003.pt"]
     assert newest_checkpoint(store / "trial_a")["epoch"] == 3
     assert newest_checkpoint(str(store / "trial_none")) is None
 
     store.move("trial_a", store / "orphans" / "trial_a")
-    state = adopt_orphan(str(store), SEED, CFG, HP)
+    assert adopt_orphan(str(store), SEED + 1, CFG, HP, into=store / "trial_b") is None
+    assert not store.exists("trial_b")
+    state = adopt_orphan(str(store), SEED, CFG, HP, into=store / "trial_b")
     assert state["epoch"] == 3 and state["seed"] == SEED
-    assert adopt_orphan(str(store), SEED + 1, CFG, HP) is None
+    assert (store / "trial_b").read(BEST_FILE, load_checkpoint)["epoch"] == 2
 
 
 @pytest.mark.parametrize(("location", "fragment"), [
