@@ -56,6 +56,19 @@ def add_storage(p: argparse.ArgumentParser, where: str = "") -> None:
                    "$CAVIAR_STORAGE, else the sweep's storage, else WORKDIR/ray)")
 
 
+def checked_storage(location: str | None, reach: bool = False) -> str | None:
+    """``--storage`` checked before anything runs (with ``reach``: its bucket or folder
+    usable from here, too): a UsageError (exit 2) saying why."""
+    if location is None:
+        return None
+    from orchestrator.cluster.storage import Storage, check_location
+
+    problem = check_location(location) or (Storage(location).reachable() if reach else None)
+    if problem:
+        raise UsageError(f"--storage {location}: {problem}")
+    return location
+
+
 def seed_or_draw(seed: int | None) -> int:
     """``seed``, else one drawn now and printed, so the run can be repeated."""
     if seed is not None:

@@ -8,9 +8,11 @@ import sys
 from orchestrator.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
+    UsageError,
     add_address,
     add_storage,
     add_tracking_uri,
+    checked_storage,
 )
 from searchspaces import SpecError
 
@@ -24,6 +26,13 @@ def cmd_retune(args) -> int:
     from orchestrator.tracking.registry import RegistryError
 
     spec = load_retune(args.file)
+    if not args.dry_run:  # a search may run: what it needs must work, not fail in months
+        from orchestrator.cluster.connect import CLIENT_REFUSED, client_address
+
+        if client_address(args.address):
+            raise UsageError(f"--address / RAY_ADDRESS: {CLIENT_REFUSED} (a --dry-run may "
+                             "use a ray:// address: it trains nothing)")
+        checked_storage(args.storage or spec.sweep.storage, reach=True)
     try:
         report = run_retune(spec, args.workdir, tracking_uri=args.tracking_uri,
                             address=args.address, dry_run=args.dry_run, force=args.force,

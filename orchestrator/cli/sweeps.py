@@ -16,6 +16,7 @@ from orchestrator.cli._common import (
     add_address,
     add_storage,
     add_tracking_uri,
+    checked_storage,
 )
 from searchspaces.yamlio import load_mapping
 
@@ -86,7 +87,7 @@ def cmd_submit(args) -> int:
     try:
         job_id, status = submit(spec.name, sweep, files, args.address, args.workdir,
                                 wait=not args.no_wait, resume=args.resume,
-                                storage=args.storage)
+                                storage=checked_storage(args.storage))
     except ConnectionError as e:
         print(f"caviar: failed: cannot reach the Ray dashboard at {args.address} ({e}); "
               "is the cluster up, and is its dashboard port (8265) reachable?", file=sys.stderr)
@@ -105,7 +106,8 @@ def add_sweep(sub, common) -> None:
                        "cluster (--address). Progress goes to stderr; the best trial's JSON to "
                        "stdout; summary.json and trials.csv to WORKDIR/NAME/.")
     p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
-    add_address(p, "a Ray cluster to join, e.g. ray://HEAD:10001")
+    add_address(p, "a Ray cluster to join from one of its nodes, e.g. HEAD:6379 (from "
+                "elsewhere, send the sweep with caviar submit)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep whose driver died: finished trials are kept, "
                    "unfinished ones continue from their last checkpoint")

@@ -67,6 +67,19 @@ def connect(address: str | None = None, quiet: bool = True) -> None:
         ray.init(include_dashboard=False, **kwargs)
 
 
+CLIENT_REFUSED = (
+    "a sweep cannot run through a Ray Client address (ray://): Ray Tune then runs its "
+    "driver loop on the cluster's head, which writes the sweep's event log, strategy state "
+    "and summary to the head's disk, not here. Send the sweep with `caviar submit SWEEP "
+    "--address http://HEAD:8265` (a Ray Job runs it on the head), or run caviar on a node "
+    "of the cluster with --address HEAD:6379")
+
+
+def client_address(address: str | None = None) -> bool:
+    """Whether ``address`` (else RAY_ADDRESS) is a Ray Client one (ray://)."""
+    return str(address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://")
+
+
 def check_resources(cpu: float, gpu: float, source: str) -> None:
     """Refuses a trial size no node of the cluster can ever give (instead of pending
     forever): a SpecError on ``source``'s key 'resources'."""

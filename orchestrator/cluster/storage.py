@@ -32,19 +32,31 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
-def check_location(location: str) -> str | None:
-    """Why ``location`` cannot be trial storage (None when it can)."""
+def check_location(location: str, relative_ok: bool = True) -> str | None:
+    """Why ``location`` cannot be trial storage (None when it can). A relative folder is
+    taken from the working directory; ``relative_ok=False`` (a sweep file, read from
+    wherever a job runs) refuses it."""
     if not isinstance(location, str) or not location.strip():
         return ("must be a folder or an object store URI such as s3://BUCKET/PREFIX, "
                 f"got {location!r}")
     if not is_uri(location):
+        if not relative_ok and not Path(location).expanduser().is_absolute():
+            return (f"{location!r} is a relative folder: give an absolute one (the same "
+                    "path on every node) or an object store URI")
         return None
     parsed = urlparse(location)
     if parsed.scheme not in SCHEMES:
         return (f"{location!r}: the scheme {parsed.scheme!r} is not one caviar stores trials "
                 f"on (a folder, or {', '.join(s + '://' for s in SCHEMES)})")
-    if not parsed.netloc:
+    if not parsed.hostname:
         return f"{location!r} names no bucket ({parsed.scheme}://BUCKET/PREFIX)"
+    if "@" in parsed.netloc:
+        return (f"{parsed.scheme}://...@{parsed.hostname}{parsed.path} carries credentials: "
+                "give them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or "
+                "an instance role, never in a URI")
+    if parsed.query or parsed.fragment:
+        return (f"{location!r}: options after '?' or '#' are not taken; set the endpoint "
+                "and region in the environment (AWS_ENDPOINT_URL_S3, AWS_REGION)")
     return None
 
 

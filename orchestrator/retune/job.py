@@ -69,7 +69,8 @@ def warm_search(spec: RetuneSpec, start: dict, workdir: Path, uri: str, name: st
                         "trials_per_round": s.trials_per_round, "keep": s.keep,
                         "margin": s.margin, "start": {k: v for k, v in start.items()
                                                       if k in tuned}, "width": s.width},
-           "tracking": {"experiment": spec.experiment, "uri": uri}}
+           "tracking": {"experiment": spec.experiment}}  # the uri goes as tracking_uri:
+    # written into the file it would put a password from $MLFLOW_TRACKING_URI on disk
     raw.pop("register", None)  # the gate registers, not the search
     if raw["scheduler"]["kind"] == "pbt":
         raw["scheduler"] = {"kind": "asha"}  # pbt takes no search algorithm; warm start needs one

@@ -20,7 +20,7 @@ from orchestrator.sweep.report import SUMMARY_FILE, TRIALS_CSV
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import register_version, version_tags
 from orchestrator.tracking.sink import STATE_FILE, MlflowSink, StateDamaged
-from orchestrator.tracking.store import embedded_uri, redacted, resolve_uri
+from orchestrator.tracking.store import embedded_uri, redacted, resolve_uri, unredacted
 
 MODEL_DIR, PLOTS_DIR = "model", "plots"
 
@@ -82,7 +82,7 @@ def finish_tracking(sink: MlflowSink | None, written: bool, spec, paths, summary
     if sink is None:
         return
     if not written:
-        print(f"caviar: MLflow at {sink.uri} still not answering: the records wait in "
+        print(f"caviar: MLflow at {redacted(sink.uri)} still not answering: the records wait in "
               f"{paths.dir}; run `caviar sync --workdir {paths.workdir}` later", file=stream)
         return
     try:
@@ -189,7 +189,7 @@ def sync_workdir(workdir: str | Path, tracking_uri: str | None, stream) -> int:
             state = json.loads((d / STATE_FILE).read_text())
         except ValueError:  # damaged: the sink rebuilds it from the store's tags
             state = {}
-        uri = tracking_uri or state.get("tracking_uri") or embedded_uri(workdir)
+        uri = tracking_uri or unredacted(state.get("tracking_uri")) or embedded_uri(workdir)
         try:
             sink = MlflowSink(uri, state.get("experiment") or d.name, d, d / LOG_FILE, workdir)
             n = sink.sync()
@@ -201,9 +201,9 @@ def sync_workdir(workdir: str | Path, tracking_uri: str | None, stream) -> int:
             failed += 1
             continue
         except Exception as e:  # noqa: BLE001 - report and go on with the next sweep
-            print(f"caviar: {d.name}: MLflow at {uri} failed ({type(e).__name__}: {e})",
+            print(f"caviar: {d.name}: MLflow at {redacted(uri)} failed ({type(e).__name__}: {e})",
                   file=stream)
             failed += 1
             continue
-        print(f"caviar: {d.name}: {n} records written to {uri}", file=stream)
+        print(f"caviar: {d.name}: {n} records written to {redacted(uri)}", file=stream)
     return failed

@@ -47,7 +47,12 @@ from ray import tune  # noqa: E402
 
 from models.data import load as load_data  # noqa: E402
 from models.files import atomic_write  # noqa: E402
-from orchestrator.cluster.connect import check_resources, connect  # noqa: E402
+from orchestrator.cluster.connect import (  # noqa: E402
+    CLIENT_REFUSED,
+    check_resources,
+    client_address,
+    connect,
+)
 from orchestrator.cluster.storage import Storage  # noqa: E402
 from orchestrator.strategies import make_strategy  # noqa: E402
 from orchestrator.sweep import export  # noqa: E402
@@ -194,16 +199,24 @@ def started_storage(name: str, workdir: str | Path) -> str | None:
 
 def trial_storage(spec: SweepSpec, workdir: str | Path, storage: str | None,
                   resume: bool) -> str | None:
-    """The sweep's trial storage: ``storage`` (checked), the sweep's, on resume the one it
-    started with; None: the default, ``<workdir>/ray``."""
+    """The sweep's trial storage: ``storage`` (checked), else the sweep's; on resume the
+    one it started with, and nothing else. None: the default, ``<workdir>/ray``."""
     from orchestrator.cluster.storage import check_location
 
     if storage is not None:
         problem = check_location(storage)
         if problem:
             raise SweepError(f"--storage: {problem}")
-        return storage
-    return spec.storage or (started_storage(spec.name, workdir) if resume else None)
+    chosen = storage or spec.storage
+    started = started_storage(spec.name, workdir) if resume else None
+    if started is None:
+        return chosen
+    if chosen is not None and Storage(chosen) != Storage(started):
+        raise SweepError(f"sweep {spec.name!r} was started with its trials in {started}; "
+                         f"resuming it with {chosen} (from --storage, $CAVIAR_STORAGE or "
+                         f"its file) would find none of them: resume with {started}, or "
+                         "start over there with --fresh")
+    return started
 
 
 def _experiment_location(paths: SweepPaths) -> tuple[str, object | None]:
@@ -237,6 +250,21 @@ def report_every() -> float:
                         ">= 0 (0 reports and checkpoints every epoch; unset: 2)")
     return value
 
+
+
+def warn_local_storage(paths: SweepPaths, stream) -> None:
+    """On a cluster of several nodes, trial storage on this machine's disk is a mistake
+    unless it is a shared mount: trials on other nodes write their checkpoints (and
+    best.pt, which the model is exported from) to their own disks."""
+    import ray
+
+    if paths.storage.remote or len([n for n in ray.nodes() if n.get("Alive")]) < 2:
+        return
+    print(f"caviar: warning: trial storage {paths.storage} is a folder, and this cluster has "
+          "several nodes: unless it is mounted at that path on every node (NFS), trials "
+          "elsewhere keep their checkpoints on their own disks (no resume elsewhere, no "
+          "exported model). Use an object store: --storage s3://BUCKET/PREFIX",
+          file=stream, flush=True)
 
 
 def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool, stream,
@@ -312,6 +340,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
         SweepInterrupted: it stopped before its budget was spent (exit 130).
     """
     stream = stream or sys.stderr
+    if client_address(address):
+        raise SweepError(CLIENT_REFUSED)
     paths = SweepPaths.of(spec.name, workdir, trial_storage(spec, workdir, storage, resume))
     started = time.time()
     every = report_every()
@@ -320,6 +350,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
     connect(address)
     check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
+    warn_local_storage(paths, stream)
     if fresh and not resume:
         move_aside(paths)
     paths.dir.mkdir(parents=True, exist_ok=True)

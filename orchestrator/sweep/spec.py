@@ -326,7 +326,7 @@ def _storage(raw: Mapping, source: str) -> str | None:
     value = raw.get("storage")
     if value is None:
         return None
-    problem = check_location(value)
+    problem = check_location(value, relative_ok=False)
     if problem:
         raise fail(source, "storage", problem)
     return value

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from models.files import atomic_write
-from orchestrator.tracking.store import artifact_root, ensure_sqlite_store
+from orchestrator.tracking.store import artifact_root, ensure_sqlite_store, redacted
 from searchspaces.trial import ROUND_KEY, SEED_KEY, hyperparameters
 
 STATE_FILE = "mlflow.json"
@@ -65,7 +65,9 @@ class MlflowSink:
         self.log_path = Path(log_path)
         self.workdir = workdir
         self.state_path = self.dir / STATE_FILE
-        self.state = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
+        # Kept without its password (mlflow.json is a file: no secrets in files)
+        self.state = {"tracking_uri": redacted(uri), "experiment": experiment,
+                      "experiment_id": None,
                       "parent_run_id": None, "runs": {}, "cursor": 0, "config": {}}
         self._client = None
         # A state file from an earlier process (a resume, caviar sync): MLflow may hold runs
@@ -73,7 +75,7 @@ class MlflowSink:
         self.earlier = False
         if self.state_path.exists():
             saved = self._read_state()
-            if saved.get("tracking_uri") == uri:
+            if saved.get("tracking_uri") in (uri, redacted(uri)):
                 self.state.update(saved)
                 self.earlier = True
             else:  # another store (caviar sync --tracking-uri): it holds nothing of this
@@ -117,13 +119,13 @@ class MlflowSink:
         except Exception as e:  # noqa: BLE001 - MLflow down, or nothing to rebuild from
             raise StateDamaged(
                 f"{self.state_path}: damaged (not the JSON caviar wrote) and it could not be "
-                f"rebuilt from MLflow at {self.uri} ({e}). Move it aside (`mv "
+                f"rebuilt from MLflow at {redacted(self.uri)} ({e}). Move it aside (`mv "
                 f"{self.state_path} {self.state_path}.bad`): the next resume or `caviar sync` "
                 "then writes the sweep's records under a new parent run") from None
         print(f"caviar: {self.state_path} was damaged; rebuilt from MLflow (parent run "
               f"{parent.info.run_id}, {len(runs)} trial runs)", file=sys.stderr)
         self.earlier = True
-        return {"tracking_uri": self.uri, "experiment": self.experiment,
+        return {"tracking_uri": redacted(self.uri), "experiment": self.experiment,
                 "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
                 "runs": runs, "cursor": 0, "config": {}, "parent_params_logged": True,
                 "sweep_uid": parent.data.tags.get("caviar.sweep_uid", uuid.uuid4().hex)}
@@ -391,8 +393,9 @@ class SyncThread:
             self.sink.sync()
         except Exception as e:  # noqa: BLE001 - the server is down: keep the log, retry
             if self.error is None and self.stream is not None:
-                print(f"caviar: MLflow at {self.sink.uri} is not answering ({type(e).__name__}: "
-                      f"{str(e)[:200]}); the sweep goes on, records wait on disk",
+                print(f"caviar: MLflow at {redacted(self.sink.uri)} is not answering "
+                      f"({type(e).__name__}: {str(e)[:200]}); the sweep goes on, records "
+                      "wait on disk",
                       file=self.stream, flush=True)
             self.error = e
             return False

@@ -53,6 +53,13 @@ def password_in(uri: str) -> bool:
         return False
 
 
+def unredacted(uri: str | None) -> str | None:
+    """A URI recorded ``redacted`` as it was given, when $MLFLOW_TRACKING_URI is it (the
+    password lives in the environment only); else as recorded."""
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    return given if uri and given and redacted(given) == uri else uri
+
+
 def redacted(uri: str | None) -> str | None:
     """``uri`` with any password in it replaced by ``***``: what caviar prints and records."""
     if not uri or not password_in(uri):

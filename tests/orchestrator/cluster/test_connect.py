@@ -54,3 +54,34 @@ def test_a_trial_size_no_node_can_give_is_refused_naming_the_largest_node(local_
     with pytest.raises(SpecError, match=f"^{re.escape(message)}") as caught:
         check_resources(cpu, gpu, "s.yaml")
     assert (caught.value.source, caught.value.where) == ("s.yaml", "key 'resources'")
+
+
+@pytest.mark.parametrize(("address", "env", "client"), [
+    ("ray://head:10001", None, True), (None, "ray://head:10001", True),
+    ("head:6379", None, False), (None, "http://head:8265", False), (None, None, False)])
+def test_a_ray_client_address_is_told_apart(monkeypatch, address, env, client):
+    from orchestrator.cluster.connect import client_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    assert client_address(address) is client
+
+
+def test_sweep_and_retune_refuse_a_ray_client_address(tmp_path):
+    """Through ray://, Tune runs the sweep's driver loop on the head, which writes the
+    event log and summary to its own disk: refused before anything starts (exit 2)."""
+    import yaml
+    from conftest import assert_one_paragraph_error, caviar, sweep_dict
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(sweep_dict()))
+    done = caviar("sweep", sweep, "--workdir", tmp_path / "w", "--address", "ray://127.0.0.1:9")
+    assert done.returncode == 2
+    assert_one_paragraph_error(done.stderr, "Ray Client address (ray://)", "caviar submit")
+    assert not (tmp_path / "w").exists()
+    retune = tmp_path / "retune.yaml"
+    retune.write_text(yaml.safe_dump({"model": "m", "sweep": "sweep.yaml"}))
+    done = caviar("retune", retune, "--workdir", tmp_path / "w", "--address", "ray://h:1")
+    assert done.returncode == 2
+    assert_one_paragraph_error(done.stderr, "--address / RAY_ADDRESS", "--dry-run may")

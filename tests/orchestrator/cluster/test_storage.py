@@ -160,3 +160,60 @@ def test_a_sweep_keeps_its_trials_in_s3_and_its_records_here(tmp_path, s3_server
     assert again.returncode == 0, again.stderr
     tops = {k.split("/")[1] for k in s3_server.keys("sweeps", "team-a/")}
     assert "t" in tops and any(t.startswith("t.old-") for t in tops), tops
+
+
+@pytest.mark.parametrize(("location", "fragment"), [
+    ("s3://AKIA:secret@bucket/p", "carries credentials"),
+    ("s3://bucket/p?region=eu-west-1", "options after '?'"),
+])
+def test_credentials_and_options_in_a_storage_uri_are_refused(location, fragment):
+    problem = check_location(location)
+    assert fragment in problem and "secret" not in problem
+
+
+def test_a_sweep_file_takes_only_an_absolute_folder(tmp_path):
+    from orchestrator.sweep.spec import parse_sweep
+    from searchspaces import SpecError
+
+    with pytest.raises(SpecError, match="relative folder"):
+        parse_sweep(sweep_dict(storage="runs/trials"), "s.yaml", tmp_path)
+    assert parse_sweep(sweep_dict(storage="/mnt/nfs/t"), "s.yaml", tmp_path).storage == \
+        "/mnt/nfs/t"
+
+
+def test_a_resume_goes_on_in_the_storage_it_started_with_and_refuses_another(tmp_path):
+    from orchestrator.sweep.run import SweepError, trial_storage
+    from orchestrator.sweep.spec import parse_sweep
+
+    spec = parse_sweep(sweep_dict(), "s.yaml", tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "origin.json").write_text(json.dumps(
+        {"workdir": str(tmp_path), "storage": "s3://b/started"}))
+    assert trial_storage(spec, tmp_path, None, resume=True) == "s3://b/started"
+    assert trial_storage(spec, tmp_path, "s3://b/started/", resume=True) == "s3://b/started"
+    with pytest.raises(SweepError, match="started with its trials in s3://b/started"):
+        trial_storage(spec, tmp_path, "s3://b/elsewhere", resume=True)
+    other = parse_sweep(sweep_dict(storage="s3://b/file"), "s.yaml", tmp_path)
+    with pytest.raises(SweepError, match="would find none of them"):
+        trial_storage(other, tmp_path, None, resume=True)
+    assert trial_storage(other, tmp_path, None, resume=False) == "s3://b/file"
+
+
+def test_submit_refuses_a_bad_storage_before_reaching_the_cluster(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict()))
+    done = caviar("submit", path, "--address", "http://127.0.0.1:9", "--storage", "ftp://x/y")
+    assert done.returncode == 2
+    assert_one_paragraph_error(done.stderr, "--storage ftp://x/y", "scheme 'ftp'")
+
+
+def test_a_retune_refuses_a_missing_bucket_before_it_takes_the_lock(tmp_path, s3_server):
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep_dict()))
+    retune = tmp_path / "retune.yaml"
+    retune.write_text(yaml.safe_dump({"model": "m", "sweep": "sweep.yaml"}))
+    done = _run("retune", retune, "--workdir", tmp_path / "w", "--storage", "s3://nope-bkt/r",
+                env=s3_server.env(), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert_one_paragraph_error(done.stderr, "--storage s3://nope-bkt/r", "'nope-bkt' does not "
+                               "exist")
+    assert not (tmp_path / "w").exists()

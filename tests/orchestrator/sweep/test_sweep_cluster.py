@@ -7,6 +7,7 @@ here, so Ray schedules by the GPU resource while each trial trains on the CPU
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -57,8 +58,11 @@ def test_trials_spread_over_nodes_and_pack_four_per_gpu(cluster, write_sweep, tm
         data={"source": "synthetic", "size": 3000, "n_features": 20, "classes": 3},
         strategy={"kind": "random", "trials": 8}, epochs=12,
         resources={"cpu": 1, "gpu": 0.25, "concurrency": 8}))
-    summary = run_sweep(spec, tmp_path / "w")
+    said = io.StringIO()
+    summary = run_sweep(spec, tmp_path / "w", stream=said)
     assert summary["trials"]["completed"] == 8
+    # Several nodes and trial storage on a folder: said (here every node shares the disk)
+    assert "trial storage" in said.getvalue() and "several nodes" in said.getvalue()
 
     trials = _by_trial(read_events(tmp_path / "w" / "t" / "trials.jsonl"))
     node_of = {tid: t["results"][0]["metrics"]["node_id"] for tid, t in trials.items()}

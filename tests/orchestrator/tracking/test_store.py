@@ -157,3 +157,26 @@ def test_a_tracking_uri_flag_with_a_password_is_refused(tmp_path):
     with pytest.raises(SpecError, match="MLFLOW_TRACKING_PASSWORD") as e:
         resolve_uri("http://ann:s3cret@mlflow:5000", None, tmp_path)
     assert "s3cret" not in str(e.value)
+
+
+def test_a_uri_recorded_without_its_password_is_found_again_in_the_environment(monkeypatch):
+    from orchestrator.tracking.store import unredacted
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ann:s3cret@mlflow:5000")
+    assert unredacted("http://ann:***@mlflow:5000") == "http://ann:s3cret@mlflow:5000"
+    assert unredacted("http://bob:***@mlflow:5000") == "http://bob:***@mlflow:5000"
+    assert unredacted("http://mlflow:5000") == "http://mlflow:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert unredacted("http://ann:***@mlflow:5000") == "http://ann:***@mlflow:5000"
+
+
+def test_a_sweeps_mlflow_json_holds_no_password(tmp_path):
+    import json
+
+    from orchestrator.tracking.sink import MlflowSink
+
+    sink = MlflowSink("http://ann:s3cret@127.0.0.1:9", "e", tmp_path, tmp_path / "log", tmp_path)
+    sink._save()
+    assert "s3cret" not in (tmp_path / "mlflow.json").read_text()
+    assert json.loads((tmp_path / "mlflow.json").read_text())["tracking_uri"] == \
+        "http://ann:***@127.0.0.1:9"
