@@ -188,7 +188,7 @@ def _caviar(spec, slots: int, share: float, trial_seconds: float, hours: float,
                              default_flow_style=None, sort_keys=False, width=1000)
     return {"parallel_trials": slots, "strategy": strategy, "budget": budget, "note": note,
             "hours": _hours(waves, trial_seconds), "resources": resources,
-            "snippet": snippet, "command": _command("caviar sweep", spec, address)}
+            "snippet": snippet, "command": _sweep_command(spec, address)}
 
 
 def _plain(x: float) -> float | int:
@@ -210,6 +210,18 @@ def _panda(spec, m: Measurement, address: str | None) -> dict:
     run_seconds = m.epoch_seconds * spec.epochs
     return {"command": _command("caviar babysit start", spec, address),
             "run_seconds": run_seconds, "run_hours": run_seconds / 3600}
+
+
+def _sweep_command(spec, address: str | None) -> str:
+    """``caviar sweep``, or from a Ray Client address (which a sweep refuses) ``caviar
+    submit`` to the same head's Jobs API (Ray's default dashboard port)."""
+    from urllib.parse import urlsplit
+
+    from orchestrator.cluster.connect import client_address
+
+    if address and client_address(address):
+        return f"caviar submit {spec.source} --address http://{urlsplit(address).hostname}:8265"
+    return _command("caviar sweep", spec, address)
 
 
 def _command(what: str, spec, address: str | None) -> str:

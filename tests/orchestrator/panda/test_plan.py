@@ -115,7 +115,7 @@ def test_a_sweep_that_fits_is_kept_as_written_and_asha_makes_it_an_upper_bound()
     r = plan["recommendation"]
     assert (plan["verdict"], r["budget"], r["note"]) == ("caviar", 24, "the sweep as written")
     assert r["strategy"]["rounds"] == 3 and r["parallel_trials"] == 4
-    assert r["command"] == "caviar sweep s.yaml --address ray://h:10001"
+    assert r["command"] == "caviar submit s.yaml --address http://h:8265"  # not through ray://
 
 
 @pytest.mark.parametrize("slots, waves, strategy", [
