@@ -72,22 +72,26 @@ def save_epoch(run, trial_dir: str | os.PathLike | Storage, keep: int = KEEP) ->
 def newest_checkpoint(trial_dir: str | os.PathLike | Storage | None) -> dict | None:
     """The readable checkpoint of the most epochs in a trial's folder (own or Tune's).
 
-    One cut off by a crash does not read whole and is skipped.
+    One cut off by a crash does not read whole and is skipped. Names go newest first
+    (``epoch_NNNNN.pt``, Tune's ``checkpoint_NNNNNN``): from an object store at most a
+    few are fetched, not every one a PBT trial has kept.
     """
     trial = _storage(trial_dir)
     if trial is None or not trial.is_dir():
         return None
-    best = None
-    names = [*trial.list("epoch_*.pt"),
-             *(f"{d}/{CHECKPOINT_FILE}" for d in trial.list("checkpoint_*"))]
+    own = trial.list("epoch_*.pt")[::-1]
+    tunes = [f"{d}/{CHECKPOINT_FILE}" for d in trial.list("checkpoint_*")[::-1]]
+    found = [s for s in (_first_readable(trial, own), _first_readable(trial, tunes)) if s]
+    return max(found, key=lambda state: state["epoch"], default=None)
+
+
+def _first_readable(trial: Storage, names: list[str]) -> dict | None:
     for name in names:
         try:
-            state = trial.read(name, load_checkpoint)
+            return trial.read(name, load_checkpoint)
         except Exception:  # noqa: BLE001 - a partial file from a crash: skip it
             continue
-        if best is None or state["epoch"] > best["epoch"]:
-            best = state
-    return best
+    return None
 
 
 def adopt_orphan(trials_dir: str | None, seed: int, model_config, hparams,
