@@ -20,13 +20,19 @@ def caviar_args(command: list[str]) -> list[str]:
 
 
 def test_the_kubernetes_cronjob_never_runs_two_jobs_and_runs_caviar_retune():
+    """It submits `caviar retune` as a Ray Job to the RayCluster's head (not as a Ray
+    Client, which caviar refuses), waiting for it: the pod needs the token only."""
     job = yaml.safe_load((DEPLOY / "k8s" / "base" / "retune-cronjob.yaml").read_text())
     assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    args = build_parser().parse_args(caviar_args(container["command"]))
-    assert args.func is cmd_retune
+    command = container["command"]
+    assert command[:3] == ["ray", "job", "submit"] and "--no-wait" not in command
+    entrypoint = command[command.index("--") + 1:]
+    args = build_parser().parse_args(caviar_args(entrypoint))
+    assert args.func is cmd_retune and not args.dry_run
     env = {e["name"] for e in container["env"]}
-    assert {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"} <= env
+    assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env
+    assert not {"RAY_ADDRESS", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"} & env
 
 
 def test_the_systemd_unit_runs_caviar_retune_and_accepts_exit_3():

@@ -190,7 +190,8 @@ def test_kuberay_objects_validate_against_kuberays_crds():
 def test_core_objects_validate_against_the_kubernetes_schemas():
     objects = core_objects()
     assert {d["kind"] for _, d in objects} >= {
-        "Namespace", "Deployment", "Service", "StatefulSet", "CronJob", "NetworkPolicy"}
+        "Namespace", "Deployment", "Service", "StatefulSet", "CronJob", "NetworkPolicy",
+        "PersistentVolumeClaim"}
     for path, obj in objects:
         assert core_errors(obj) == [], f"{path.relative_to(REPO)}: {obj['kind']}"
 
@@ -281,9 +282,8 @@ def test_a_core_object_broken_on_purpose_fails(case):
 SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
 
 
-def caviar_invocations(words: list[str]) -> list[list[str]]:
-    """The arguments of each `caviar` (or `.../bin/caviar`) command in a command line:
-    split at shell operators, environment assignments before the command skipped."""
+def command_segments(words: list[str]) -> list[list[str]]:
+    """A command line split at shell operators into its simple commands."""
     segments, current = [], []
     for word in words:
         if word in SHELL_OPERATORS or word.endswith(";"):
@@ -294,10 +294,50 @@ def caviar_invocations(words: list[str]) -> list[list[str]]:
         else:
             current.append(word)
     segments.append(current)
+    return segments
+
+
+def without_assignments(segment: list[str]) -> list[str]:
+    while segment and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", segment[0]):
+        segment = segment[1:]
+    return segment
+
+
+def is_ray_job_submit(segment: list[str]) -> bool:
+    return (bool(segment) and os.path.basename(segment[0]) == "ray"
+            and segment[1:3] == ["job", "submit"])
+
+
+def ray_job_submits(words: list[str]) -> list[list[str]]:
+    """The arguments of each `ray job submit` in a command line (its own options, then
+    `--` and the job's entrypoint)."""
+    return [segment[3:] for segment in map(without_assignments, command_segments(words))
+            if is_ray_job_submit(segment)]
+
+
+def run_command(segment: list[str]) -> list[str]:
+    """The command a simple command runs in the end: past environment assignments,
+    `timeout [OPTIONS] DURATION` and `ray job submit [OPTIONS] --` (the Ray Job's
+    entrypoint)."""
+    while True:
+        segment = without_assignments(segment)
+        if is_ray_job_submit(segment) and "--" in segment:
+            segment = segment[segment.index("--") + 1:]
+        elif segment[:1] == ["timeout"]:
+            rest = segment[1:]
+            while rest and rest[0].startswith("-"):
+                rest = rest[2:] if rest[0] in ("-k", "-s") else rest[1:]
+            segment = rest[1:]  # past the duration
+        else:
+            return segment
+
+
+def caviar_invocations(words: list[str]) -> list[list[str]]:
+    """The arguments of each `caviar` (or `.../bin/caviar`) command in a command line:
+    split at shell operators, environment assignments before the command skipped, and
+    found inside `timeout ...` and a `ray job submit ... --` entrypoint."""
     out = []
-    for segment in segments:
-        while segment and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", segment[0]):
-            segment = segment[1:]
+    for segment in map(run_command, command_segments(words)):
         if segment and os.path.basename(segment[0]) == "caviar":
             args = segment[1:]
             cut = next((i for i, w in enumerate(args) if w[:1] in "<>" or w[:2] in ("1>", "2>")),
@@ -382,9 +422,38 @@ def test_every_caviar_command_line_in_deploy_parses_with_caviars_parser():
      [["retune", "r.yaml"]]),
     (["ulimit", "-n", "1;", "caviar", "validate", "-q", "f"], [["validate", "-q", "f"]]),
     (["ray", "start", "--head"], []),
+    (["ray", "job", "submit", "--address", "http://h:8265", "--submission-id", "x", "--",
+      "timeout", "6h", "caviar", "retune", "r.yaml"], [["retune", "r.yaml"]]),
+    (["timeout", "-k", "1m", "6h", "/x/caviar", "sweep", "s.yaml"], [["sweep", "s.yaml"]]),
+    (["ray", "job", "submit", "--", "python", "job.py"], []),
+    (["ray", "job", "submit", "--address", "caviar"], []),  # no entrypoint: no `--`
 ])
 def test_caviar_invocations_finds_caviar_in_a_shell_line(words, expected):
     assert caviar_invocations(words) == expected
+
+
+def ray_job_submit_options(args: list[str]) -> dict:
+    """Ray's own parser for `ray job submit` (click) on ``args``: its options, with the
+    entrypoint after `--`. An unknown or misspelt option raises (click takes no
+    prefixes)."""
+    from ray.dashboard.modules.job.cli import submit
+
+    return submit.make_context("submit", list(args)).params
+
+
+def test_every_ray_job_submit_in_deploy_parses_with_rays_parser_and_waits():
+    found = []
+    for where, words in command_lines():
+        for args in ray_job_submits(words):
+            options = ray_job_submit_options(args)
+            assert options["entrypoint"], f"{where}: no entrypoint"
+            # waits for the job and exits 1 when it fails (--no-wait would exit 0 at once)
+            assert options["no_wait"] is False, where
+            assert options["address"].startswith("http://"), where  # the Jobs API
+            found.append(where)
+    assert any("retune-cronjob.yaml" in where for where in found), found
+    with pytest.raises(Exception, match="--addres"):
+        ray_job_submit_options(["--addres", "http://h:8265", "--", "true"])
 
 
 @pytest.mark.parametrize("flag", ["--storge", "--storag"])  # a typo; a prefix argparse takes
@@ -519,6 +588,12 @@ def test_each_overlay_renders_with_kustomize_into_valid_objects(overlay):
     assert yaml.safe_load(sweep["data"]["sweep.yaml"])["resources"]["gpu"] == (
         1 if overlay == "gpu" else 0)
     assert "retune.yaml" in sweep["data"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for d in rendered
+              for _, spec in pod_specs(d) for v in spec.get("volumes", [])
+              if "persistentVolumeClaim" in v}
+    assert claims >= {"caviar-head-work", "caviar-sweep-work"}
+    assert claims <= {d["metadata"]["name"] for d in rendered
+                      if d["kind"] == "PersistentVolumeClaim"}
 
 
 # --- KubeRay specifics ------------------------------------------------------------------
@@ -560,17 +635,127 @@ def test_the_rayjob_runs_caviar_sweep_on_s3_and_cleans_up_after_itself():
     assert volumes[mounts[sweep_dir]]["configMap"]["name"] == "caviar-sweep"
 
 
-def test_the_nightly_retune_is_a_cronjob_that_joins_the_cluster_with_its_token():
+def head_mounts(spec: dict) -> dict[str, tuple[dict, dict]]:
+    """mountPath -> (mount, volume) of a RayCluster spec's head container."""
+    head = spec["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in head["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in head["containers"][0]["volumeMounts"]}
+
+
+def caviar_env() -> dict[str, str]:
+    lines = (K8S / "base" / "config" / "caviar.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def retune_cronjob_container() -> dict:
+    job = named("CronJob", "caviar-retune-digits")
+    return job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_nightly_retune_is_a_ray_job_on_the_long_lived_clusters_head():
     job = named("CronJob", "caviar-retune-digits")
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
-    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container = retune_cronjob_container()
+    words = container.get("command", []) + container.get("args", [])
+    # `ray job submit` to the RayCluster's head Service (KubeRay names it NAME-head-svc)
+    [submit] = ray_job_submits(words)
+    options = ray_job_submit_options(submit)
+    assert options["address"] == "http://caviar-head-svc:8265"
+    assert options["no_wait"] is False  # waits, and exits 1 when the job fails
+    # a submission ID unique to each run: the pod's name, put there by Kubernetes
     env = {e["name"]: e for e in container["env"]}
-    assert env["RAY_ADDRESS"]["value"] == "ray://caviar-head-svc:10001"
+    assert options["submission_id"] == "$(POD_NAME)"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # the entrypoint: caviar retune, bounded in time, on the head's workdir and files
+    [args] = caviar_invocations(words)
+    namespace, said = parse(args)
+    assert namespace is not None, said
+    assert namespace.command == "retune" and not namespace.dry_run
+    assert namespace.storage.startswith("s3://") and namespace.address is None
+    assert list(options["entrypoint"][:2]) == ["timeout", "6h"]
+    assert job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 6 * 3600
+    mounts = head_mounts(named("RayCluster", "caviar")["spec"])
+    config_mount, config = mounts[os.path.dirname(namespace.file)]
+    assert config["configMap"]["name"] == "caviar-sweep" and config_mount["readOnly"] is True
+    generator = next(g for g in documents(K8S / "base" / "kustomization.yaml")[0][
+        "configMapGenerator"] if g["name"] == "caviar-sweep")
+    shipped = {os.path.basename(f) for f in generator["files"]}
+    retune = yaml.safe_load((K8S / "base" / "config" / "retune.yaml").read_text())
+    assert {os.path.basename(namespace.file), retune["sweep"]} <= shipped
+    assert "persistentVolumeClaim" in mounts[namespace.workdir][1]
+    # the submitter holds the cluster's token and nothing else: the job runs with the
+    # head's MLflow user and S3 key
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "ray-auth-token", "key": "auth_token"}  # KubeRay's key in authOptions' Secret
+    assert {name for name, _ in secret_refs(job)} == {"ray-auth-token"}
+    assert not container.get("envFrom") and "RAY_ADDRESS" not in env
     head = named("RayCluster", "caviar")["spec"]["headGroupSpec"]["template"]["spec"]
-    assert container["image"] == head["containers"][0]["image"]  # a ray:// client: same Ray
+    assert container["image"] == head["containers"][0]["image"]  # the cluster's Ray CLI
+
+
+def test_each_ray_head_keeps_its_workdir_on_a_volume_claim_of_its_own():
+    workdir = caviar_env()["CAVIAR_WORKDIR"]
+    [args] = caviar_invocations(shlex.split(named("RayJob", "caviar-sweep")["spec"]["entrypoint"]))
+    assert parse(args)[0].workdir == workdir
+    claims = {}
+    for where, spec in ray_cluster_specs():
+        mount, volume = head_mounts(spec)[workdir]
+        assert not mount.get("readOnly"), where
+        assert set(volume) == {"name", "persistentVolumeClaim"}, where  # not an emptyDir
+        claims[where] = volume["persistentVolumeClaim"]["claimName"]
+        claim = named("PersistentVolumeClaim", claims[where])
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], where
+        assert claim["spec"]["resources"]["requests"]["storage"], where
+    # two heads may run at once (on two nodes): a ReadWriteOnce claim each
+    assert sorted(claims.values()) == ["caviar-head-work", "caviar-sweep-work"], claims
+    resources = documents(K8S / "base" / "kustomization.yaml")[0]["resources"]
+    held = {d["metadata"]["name"] for r in resources for d in documents(K8S / "base" / r)
+            if d["kind"] == "PersistentVolumeClaim"}
+    assert set(claims.values()) <= held
+
+
+def sweep_file(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_clusters_sweep_and_the_readmes_sweep_have_names_of_their_own():
+    """The RayJob's sweep and the sweeps deploy/README.md submits keep their trials in
+    the same storage, where a name is taken once (a second sweep of it is refused):
+    their names differ, and so do the models they register. The re-tune watches the
+    RayJob's model."""
+    base = sweep_file(K8S / "base" / "config" / "sweep.yaml")
+    cpu = sweep_file(K8S / "overlays" / "cpu" / "sweep.yaml")
+    assert (cpu["name"], cpu["register"]["name"]) == (base["name"], base["register"]["name"])
+    readme = (DEPLOY / "README.md").read_text()
+    submitted = set(re.findall(r"caviar submit (\S+\.yaml)", readme))
+    assert "sweeps/digits.yaml" in submitted
+    for name in submitted:
+        other = sweep_file(REPO / name)
+        assert other["name"] != base["name"], name
+        assert other["register"]["name"] != base["register"]["name"], name
+    retune = sweep_file(K8S / "base" / "config" / "retune.yaml")
+    assert retune["model"] == base["register"]["name"] and retune["sweep"] == "sweep.yaml"
+
+
+def test_nothing_in_deploy_runs_a_sweep_or_a_retune_through_a_ray_client():
+    """caviar refuses a Ray Client (ray://) address for a sweep, and for a re-tune but a
+    --dry-run: Tune would run the driver loop on the head, with the records there."""
+    for where, words in command_lines():
+        for args in caviar_invocations(words):
+            namespace, _ = parse(args)
+            assert not str(getattr(namespace, "address", None) or "").startswith("ray://"), (
+                where)
+    for path, obj in k8s_objects():
+        for name, value in env_literals(obj):
+            assert name != "RAY_ADDRESS" or not str(value).startswith("ray://"), path
+    compose = documents(DEPLOY / "compose" / "docker-compose.yaml")[0]
+    for name, service in compose["services"].items():
+        assert not str((service.get("environment") or {}).get("RAY_ADDRESS", "")).startswith(
+            "ray://"), name
+    # nor is one suggested anywhere: the README, comments, the units
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file()):
+        assert "ray://" not in path.read_text(errors="replace"), path.relative_to(REPO)
 
 
 # --- secrets ----------------------------------------------------------------------------
@@ -610,6 +795,88 @@ def test_every_secret_a_manifest_reads_is_documented_and_none_is_committed():
         assert obj["kind"] != "Secret" or not (obj.get("data") or obj.get("stringData")), path
     for path in kustomizations():
         assert not documents(path)[0].get("secretGenerator"), path
+
+
+def secrets_read(obj: object) -> set[str]:
+    """The name of every Secret an object reads: secretKeyRef, envFrom's secretRef, a
+    secret volume or projection, KubeRay's authOptions."""
+    names = {name for name, _ in secret_refs(obj)}
+    if isinstance(obj, dict):
+        for key in ("secretRef", "secret"):
+            value = obj.get(key)
+            if isinstance(value, dict):
+                names.add(value.get("name") or value.get("secretName"))
+        for value in obj.values():
+            names |= secrets_read(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            names |= secrets_read(value)
+    return names
+
+
+def test_mlflow_and_the_ray_pods_hold_an_s3_key_each_and_never_the_others():
+    """The trials bucket holds Tune's pickled snapshot (tuner.pkl), which the next
+    --resume unpickles: the MLflow server never gets the key that writes it, and the
+    Ray pods never get MLflow's."""
+    mlflow = named("Deployment", "mlflow")
+    assert "caviar-s3" not in secrets_read(mlflow)
+    env = {e["name"]: e for e in next(pod_templates(mlflow))["spec"]["containers"][0]["env"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "caviar-mlflow-s3", "key": key}
+    for path, obj in k8s_objects():
+        if (obj["kind"], obj["metadata"]["name"]) != ("Deployment", "mlflow"):
+            assert "caviar-mlflow-s3" not in secrets_read(obj), path.relative_to(REPO)
+    for where, spec in ray_cluster_specs():
+        groups = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+        for group in groups:  # trials write their checkpoints from every Ray node
+            assert "caviar-s3" in secrets_read(group["template"]), where
+    # and the buckets differ: MLflow's artifacts are not in the trials bucket
+    assert bucket(mlflow_artifacts()) != bucket(trial_storage())
+
+
+def bucket(uri: str) -> str:
+    assert uri.startswith("s3://"), uri
+    return uri[len("s3://"):].split("/", 1)[0]
+
+
+def mlflow_artifacts() -> str:
+    """The MLflow server's --artifacts-destination."""
+    command = next(pod_templates(named("Deployment", "mlflow")))["spec"]["containers"][0][
+        "command"]
+    return next(a.split("=", 1)[1] for a in command if a.startswith("--artifacts-destination="))
+
+
+def trial_storage() -> str:
+    """The RayJob's sweep's --storage."""
+    entrypoint = named("RayJob", "caviar-sweep")["spec"]["entrypoint"]
+    [args] = caviar_invocations(shlex.split(entrypoint))
+    return parse(args)[0].storage
+
+
+def test_the_readmes_iam_policies_give_each_key_its_own_bucket():
+    readme = (DEPLOY / "README.md").read_text()
+    policies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.S)]
+    buckets = []
+    for policy in policies:
+        resources = {r for statement in policy["Statement"] for r in (
+            [statement["Resource"]] if isinstance(statement["Resource"], str)
+            else statement["Resource"])}
+        named_buckets = {r.removeprefix("arn:aws:s3:::").split("/", 1)[0] for r in resources}
+        assert len(named_buckets) == 1, resources  # one bucket per key
+        buckets.append(named_buckets.pop())
+    assert sorted(buckets) == sorted([bucket(trial_storage()), bucket(mlflow_artifacts())])
+
+
+def test_compose_gives_mlflow_no_key_to_the_trials_store():
+    compose = documents(DEPLOY / "compose" / "docker-compose.yaml")[0]["services"]
+    mlflow_env = compose["mlflow"].get("environment") or {}
+    assert not {k for k in mlflow_env if k.startswith("AWS_")}, mlflow_env
+    artifacts = next(a for a in compose["mlflow"]["command"]
+                     if a.startswith("--artifacts-destination="))
+    assert not artifacts.split("=", 1)[1].startswith("s3://")
+    assert artifacts.split("=", 1)[1].startswith(tuple(
+        v.split(":")[1] + "/" for v in compose["mlflow"]["volumes"] if not v.startswith(".")))
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(compose["sweep"]["environment"])
 
 
 def env_literals(obj: object) -> Iterator[tuple[str, object]]:
