@@ -71,7 +71,7 @@ from orchestrator.sweep.schedulers import (  # noqa: E402
 )
 from orchestrator.sweep.spec import SweepSpec  # noqa: E402
 from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial  # noqa: E402
-from orchestrator.tracking.sink import SyncThread  # noqa: E402
+from orchestrator.tracking.sink import SyncProcess, SyncThread  # noqa: E402
 from searchspaces.errors import SpecError  # noqa: E402
 
 DEFAULT_WORKDIR = "./caviar-runs"
@@ -364,7 +364,8 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
           f"({spec.metric.mode}); {'resuming' if resume else 'records in'} {paths.dir}",
           file=stream, flush=True)
     sink = export.start_tracking(spec, paths, tracking_uri, strategy.budget, data)
-    thread = SyncThread(sink, stream=stream).start() if sink else None
+    writer = SyncProcess if strategy.budget > LARGE_SWEEP else SyncThread
+    thread = writer(sink, stream=stream).start() if sink else None
     try:
         results = _fit(tuner, spec, paths)
     finally:

@@ -6,7 +6,8 @@ lives in memory), it has no parent run per sweep, and it logs value by value.
 
 Here the driver's event log (``trials.jsonl``; its format is the sweep's,
 ``orchestrator.sweep.records``) is the source: a background thread reads it from a
-cursor and writes what is new with one ``log_batch`` per run. The trial-to-run map
+cursor and writes what is new with one ``log_batch`` per run (for a sweep of more
+than 1,000 trials, a process of its own: ``SyncProcess``). The trial-to-run map
 and the cursor live in ``<sweep>/mlflow.json``, so a resumed sweep logs into the
 same runs. If the
 tracking server cannot be reached, the sweep goes on; the log on disk is the
@@ -409,6 +410,9 @@ class SyncThread:
         """Asks the thread to stop after its current sync."""
         self._stop.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
     def stop(self, deadline_s: float = 30.0) -> bool:
         """Stops the thread and writes what is left, retrying until ``deadline_s``.
 
@@ -425,3 +429,83 @@ class SyncThread:
             time.sleep(1.0)
         self._done = True
         return True
+
+
+class SyncProcess:
+    """``SyncThread`` in a process of its own: the MLflow writes of a large sweep (~20 ms
+    of CPU a trial on sqlite) run beside the driver's Tune loop instead of taking turns
+    with it for one interpreter. The process reads the same event log from the cursor in
+    ``mlflow.json``, which it owns until it ends; the driver then reads it back.
+
+    It stops when told (``stop_soon``/``stop``), after writing what is left; when the
+    driver is gone (its stdin closes untold) it stops at once, leaving the rest to the
+    resumed driver or ``caviar sync`` (two writers would race). Ctrl-C reaches the
+    driver, not it.
+    """
+
+    def __init__(self, sink: MlflowSink, every: float = 5.0, stream=None):
+        self.sink, self.every, self.stream = sink, every, stream
+        self._proc = None
+
+    def start(self) -> SyncProcess:
+        import subprocess
+
+        args = [self.sink.uri, self.sink.experiment, str(self.sink.dir),
+                str(self.sink.log_path), str(self.sink.workdir), str(self.every),
+                "earlier" if self.sink.earlier else "fresh"]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.tracking.sink", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=_fd(self.stream),
+            cwd=Path(__file__).resolve().parents[2])
+        return self
+
+    def stop_soon(self, deadline_s: float = 30.0) -> None:
+        """Asks the process to write what is left (retrying until ``deadline_s``) and end."""
+        if self._proc is not None and self._proc.stdin and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.write(f"{deadline_s}\n".encode())
+                self._proc.stdin.close()
+            except OSError:
+                pass
+
+    def stop(self, deadline_s: float = 30.0) -> bool:
+        """Waits for the process to write what is left (retrying until ``deadline_s``);
+        False when MLflow still did not answer (the records wait on disk)."""
+        self.stop_soon(deadline_s)
+        try:
+            code = self._proc.wait(timeout=deadline_s + 60)
+        except Exception:  # noqa: BLE001 - hung: the records are on disk for caviar sync
+            self._proc.kill()
+            code = -1
+        self.sink.state.update(self.sink._read_state())  # its runs, cursor, parent run
+        return code == 0
+
+
+def _fd(stream):
+    """``stream`` for a child process when it is a real file, else this one's stderr."""
+    try:
+        stream.fileno()
+        return stream
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _serve(argv: list[str]) -> int:
+    """The process ``SyncProcess`` starts: sync every few seconds until stdin closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when it ends
+    uri, experiment, sweep_dir, log_path, workdir, every, earlier = argv
+    sink = MlflowSink(uri, experiment, sweep_dir, log_path, workdir)
+    sink.earlier = earlier == "earlier"  # its state file is the driver's, made for it
+    thread = SyncThread(sink, every=float(every), stream=sys.stderr).start()
+    told = sys.stdin.read().strip()  # until the driver closes it (with a deadline), or is gone
+    if not told:  # the driver died: its resume (or caviar sync) writes the rest, not two of us
+        thread.stop_soon()
+        thread.join(60.0)
+        return 1
+    return 0 if thread.stop(float(told)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_serve(sys.argv[1:]))

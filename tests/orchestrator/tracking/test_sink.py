@@ -22,7 +22,13 @@ def runs_of(uri: str, experiment: str):
 
 
 @pytest.mark.usefixtures("ray_shutdown")
-def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep, tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep, tmp_path,
+                                                                    monkeypatch, writer):
+    """Tracked by the driver's thread, or (as sweeps of more than LARGE_SWEEP trials are)
+    by a process of its own: the same record."""
+    if writer == "process":
+        monkeypatch.setattr("orchestrator.sweep.run.LARGE_SWEEP", 0)
     spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 4}, epochs=3))
     summary = run_sweep(spec, tmp_path / "w")
     uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
@@ -247,3 +253,45 @@ def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out
     with pytest.raises(StateDamaged, match="could not be rebuilt"):  # a resume: exit 2
         MlflowSink(other, "s", d, d / "trials.jsonl", tmp_path / "w")
     assert StateDamaged in _bad_input()
+
+
+def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_back(tmp_path):
+    """Large sweeps write MLflow from a process of their own (SyncProcess): it writes what
+    the log holds as it grows, all of it when told to stop, and the driver's sink then
+    knows the runs it made."""
+    import time
+
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+
+    d = tmp_path / "w" / "s"
+    d.mkdir(parents=True)
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    sink = MlflowSink(uri, "s", d, d / LOG_FILE, tmp_path / "w")
+    sink.prepare({"strategy": "random"}, {"mlflow.runName": "s", "caviar.sweep": "s"})
+    writer = SyncProcess(sink, every=0.2).start()
+    _one_trial_log(d)  # the log grows while the writer runs
+    deadline = time.time() + 120
+    while time.time() < deadline and not json.loads((d / "mlflow.json").read_text())["runs"]:
+        time.sleep(0.2)
+    assert writer.stop() is True
+    assert list(sink.state["runs"]) == ["a"] and sink.state["parent_run_id"]
+    assert sink.state["cursor"] == (d / LOG_FILE).stat().st_size
+    c, runs = runs_of(uri, "s")
+    trial = next(r for r in runs if r.data.tags.get("caviar.kind") == "trial")
+    assert trial.info.run_id == sink.state["runs"]["a"] and trial.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(trial.info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_path):
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+
+    d = tmp_path / "s"
+    d.mkdir()
+    _one_trial_log(d)
+    sink = MlflowSink(f"http://127.0.0.1:{free_port()}", "s", d, d / LOG_FILE, tmp_path)
+    sink.prepare({}, {})
+    writer = SyncProcess(sink, every=0.2).start()
+    assert writer.stop(deadline_s=2.0) is False
+    assert sink.state["cursor"] == 0 and sink.state["runs"] == {}
