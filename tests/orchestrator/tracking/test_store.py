@@ -113,9 +113,15 @@ def test_artifacts_of_the_embedded_store_go_to_mlartifacts_and_a_server_decides(
     assert artifact_root(uri, tmp_path) == expected
 
 
+def _files(workdir) -> list[str]:
+    """The store's files but SQLite's WAL companions (mlflow.db-wal, -shm), there while a
+    connection is open."""
+    return sorted(p.name for p in workdir.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+
 def test_ensure_sqlite_store_creates_a_store_mlflow_opens_and_leaves_no_temporary(store):
     workdir, uri = store
-    assert sorted(p.name for p in workdir.iterdir()) == ["mlflow.db"]  # no .mlflow.db.*.tmp
+    assert _files(workdir) == ["mlflow.db"]  # no .mlflow.db.*.tmp
     assert (workdir / "mlflow.db").stat().st_nlink == 1  # the temporary link is gone
     names = [e.name for e in MlflowClient(uri).search_experiments()]
     assert names == ["Default"]
@@ -128,7 +134,21 @@ def test_ensure_sqlite_store_leaves_an_existing_store_untouched(store):
     after = os.stat(workdir / "mlflow.db")
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == \
         (before.st_ino, before.st_mtime_ns, before.st_size)
-    assert sorted(p.name for p in workdir.iterdir()) == ["mlflow.db"]
+    assert _files(workdir) == ["mlflow.db"]
+
+
+def test_the_embedded_store_writes_in_wal_mode_and_a_reader_sees_every_commit(store):
+    import sqlite3
+
+    workdir, uri = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("wal")
+    run = client.create_run(exp).info.run_id
+    client.log_param(run, "lr", "0.1")
+    with sqlite3.connect(workdir / "mlflow.db") as db:  # another process's view
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT value FROM params WHERE run_uuid = ?", (run,)).fetchone() \
+            == ("0.1",)
 
 
 def test_ensure_sqlite_store_leaves_a_server_alone(tmp_path):
