@@ -93,11 +93,14 @@ def _wal(dbapi_connection, _record) -> None:
 
     if not isinstance(dbapi_connection, sqlite3.Connection):
         return
-    files = [row[2] for row in dbapi_connection.execute("PRAGMA database_list")]
-    if not files or not files[0] or files[0].endswith(".tmp"):
+    try:
+        files = [row[2] for row in dbapi_connection.execute("PRAGMA database_list")]
+        if not files or not files[0] or files[0].endswith(".tmp"):
+            return
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:  # no database (damaged, locked): MLflow's own query says so
         return
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _use_wal() -> None:
