@@ -147,8 +147,9 @@ def add_submit(sub, common) -> None:
     p.add_argument("--address", required=True,
                    help="the cluster's dashboard, e.g. http://HEAD:8265")
     p.add_argument("--workdir", default="~/caviar-runs",
-                   help="the workdir on the cluster (default: %(default)s of the job's user; "
-                   "use shared storage on a multi-node cluster)")
+                   help="the workdir on the cluster's head, where the sweep's records go "
+                   "(default: %(default)s of the job's user); on a multi-node cluster put "
+                   "trial storage on an object store or NFS (--storage)")
     p.add_argument("--no-wait", action="store_true",
                    help="print the job id and return without following the job")
     p.add_argument("--resume", action="store_true", help="resume the sweep on the cluster")
