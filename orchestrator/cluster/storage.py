@@ -218,10 +218,6 @@ class Storage:
         elif kind != pyarrow.fs.FileType.NotFound:
             self.filesystem.delete_file(self._join(name))
 
-    def delete_all(self) -> None:
-        if self.is_dir():
-            self.filesystem.delete_dir(self.fs_path)
-
     def move(self, name: str, to: Storage) -> None:
         """Moves the folder ``name`` to ``to`` (on the same store): a rename locally, a copy
         then a delete on an object store (which renames nothing)."""

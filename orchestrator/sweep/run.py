@@ -148,7 +148,7 @@ def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -
                          "the sweep's 'storage' (or --storage) and, for an object store, "
                          "AWS_ENDPOINT_URL and the credentials in the environment")
     if resume:
-        if not tune.Tuner.can_restore(*_experiment_location(paths)):
+        if not tune.Tuner.can_restore(*paths.experiment.tune_location()):
             where = "" if paths.storage.path == paths.workdir / "ray" else \
                 f" (trial storage {paths.storage})"
             raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir}"
@@ -219,11 +219,6 @@ def trial_storage(spec: SweepSpec, workdir: str | Path, storage: str | None,
     return started
 
 
-def _experiment_location(paths: SweepPaths) -> tuple[str, object | None]:
-    """(path, filesystem) of the sweep's Tune experiment, as Tune's restore takes them."""
-    return paths.experiment.tune_location()
-
-
 def move_aside(paths: SweepPaths) -> None:
     """``--fresh``: the earlier sweep of the name moved aside, stamped with the time. Done
     only once the whole input is checked: a bad data file must not cost the old sweep."""
@@ -286,7 +281,7 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period(spec, strategy.budget)
     if resume:
         try:
-            path, filesystem = _experiment_location(paths)
+            path, filesystem = paths.experiment.tune_location()
             return tune.Tuner.restore(path, trainable=trainable, storage_filesystem=filesystem,
                                       resume_unfinished=True, resume_errored=True,
                                       param_space=param_space)
@@ -345,17 +340,7 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     paths = SweepPaths.of(spec.name, workdir, trial_storage(spec, workdir, storage, resume))
     started = time.time()
     every = report_every()
-    check_start(spec, paths, resume, fresh)
-    check_free_space(spec, paths)
-    data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
-    connect(address)
-    check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
-    warn_local_storage(paths, stream)
-    if fresh and not resume:
-        move_aside(paths)
-    paths.dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        record_origin(paths)
+    data = _prepare(spec, paths, address, resume, fresh, stream)
     strategy = make_strategy(spec.strategy, spec.space, spec.metric.name, spec.metric.mode,
                              spec.seed, state_file=paths.dir / STATE_FILE)
     tuner = make_tuner(spec, paths, strategy, data, resume, stream, every)
@@ -378,6 +363,24 @@ def run_sweep(spec: SweepSpec, workdir: str | Path = DEFAULT_WORKDIR, *,
     if not summary["complete"]:
         raise SweepInterrupted(_stopped(spec, paths, summary, strategy.budget))
     return summary
+
+
+def _prepare(spec: SweepSpec, paths: SweepPaths, address: str | None, resume: bool,
+             fresh: bool, stream):
+    """Everything checked (bad input changes nothing), Ray joined or started, the old
+    sweep moved aside for ``fresh``, the sweep's folder made; returns its data."""
+    check_start(spec, paths, resume, fresh)
+    check_free_space(spec, paths)
+    data = load_data(spec.data, spec.base_dir)  # bad data fails here, before Ray starts
+    connect(address)
+    check_resources(spec.resources.cpu, spec.resources.gpu, spec.source)
+    warn_local_storage(paths, stream)
+    if fresh and not resume:
+        move_aside(paths)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        record_origin(paths)
+    return data
 
 
 def _fit(tuner, spec: SweepSpec, paths: SweepPaths):

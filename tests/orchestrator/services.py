@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.tracking.ui import stop_ui
+
 IN_CI = os.environ.get("CAVIAR_CI") == "1"
 
 
@@ -168,23 +170,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def stop_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """Stops the process group ``proc`` leads (started with start_new_session=True):
-    SIGTERM, then SIGKILL for whatever is left after ``timeout`` s, the leader's
-    children included even when the leader is gone."""
-    if proc is None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _tail(path: Path, n: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -254,7 +239,8 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def stop(self) -> None:
-        stop_group(self.proc)
+        if self.proc is not None:
+            stop_ui(self.proc, grace_s=10.0)
 
 
 class AuthMlflowServer:
@@ -324,7 +310,8 @@ class AuthMlflowServer:
     def stop(self, sig=signal.SIGTERM) -> None:
         if sig == signal.SIGKILL and self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        stop_group(self.proc, timeout=30.0)
+        if self.proc is not None:
+            stop_ui(self.proc, grace_s=30.0)
 
 
 # Ray's `ray start` on Linux turns --node-ip-address 127.0.0.1 (and a bootstrap address
