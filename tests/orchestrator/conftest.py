@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +85,21 @@ def read_events(path: Path) -> list[dict]:
 
 def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def kill_session(leader: int) -> None:
+    """SIGKILL a process started with ``start_new_session`` and everything it started.
+    ``os.killpg`` is not enough for a driver: Ray's workers each lead a process group of
+    their own and train on for seconds after their raylet dies, writing checkpoints."""
+    for _ in range(2):  # what was being forked the first time round
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getsid(int(entry.name)) == leader:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import time
 
 import pytest
 import ray
-from conftest import REPO
+from conftest import REPO, kill_session
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -286,7 +285,7 @@ def _kill_mid_round(tmp_path) -> None:
         raise AssertionError(f"the driver never reached round 0's end: {driver.stderr.read()}")
     finally:
         if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+            kill_session(driver.pid)
         driver.wait()
         time.sleep(2)  # let its Ray processes go
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, read_events
+from conftest import REPO, kill_session, read_events
 
 
 def _caviar(*args, env=None, **kwargs):
@@ -62,7 +61,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_checkpoints(write_sweep,
             lo, hi = window
             if len(ended) >= 1 and running and \
                     all(lo <= len(v) <= hi for v in epochs.values()):
-                os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started
+                kill_session(driver.pid)  # the driver and what it started, workers too
                 driver.wait()
                 before = {"ended": ended, "running": running, "events": len(events)}
                 break
