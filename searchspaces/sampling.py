@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from scipy.stats import qmc
 
 from searchspaces.space import SearchSpace
 
@@ -30,6 +29,9 @@ def quasi_random_unit(d: int, n: int, seed: int) -> np.ndarray:
     """
     if d == 0:
         return np.empty((n, 0))
+    from scipy.stats import qmc  # here: scipy.stats costs 0.5 s to import, and every
+    # process that imports searchspaces (each trial worker) would pay it for nothing
+
     return qmc.Halton(d=d, scramble=True, seed=seed).random(n)
 
 
