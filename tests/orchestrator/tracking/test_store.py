@@ -4,8 +4,10 @@ creating one whole."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,47 @@ def test_ensure_sqlite_store_leaves_an_existing_store_untouched(store):
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == \
         (before.st_ino, before.st_mtime_ns, before.st_size)
     assert _files(workdir) == ["mlflow.db"]
+
+
+def _schema(db: Path) -> tuple:
+    """Tables, indexes and columns, the schema's version, the experiments (not the order of
+    a table's constraints in its SQL: MLflow's own migrations vary it from store to store)."""
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        names = sorted(c.execute("SELECT type, name FROM sqlite_master").fetchall())
+        columns = {name: c.execute(f'PRAGMA table_info("{name}")').fetchall()
+                   for kind, name in names if kind == "table"}
+        return (names, columns, c.execute("SELECT version_num FROM alembic_version").fetchall(),
+                c.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage "
+                          "FROM experiments").fetchall())
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_one_as_mlflow_would_make_it(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    ensure_sqlite_store(embedded_uri(tmp_path / "a"))
+    template = next((tmp_path / "cache" / "caviar").glob("mlflow-*-empty.db"))
+    made = os.stat(template)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the Default experiment's folder follows this process's
+    ensure_sqlite_store(embedded_uri(tmp_path / "b"))
+    again = os.stat(template)
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)  # reused
+    MlflowClient(f"sqlite:///{tmp_path / 'direct.db'}").search_experiments()  # MLflow alone
+    assert _schema(tmp_path / "b" / "mlflow.db") == _schema(tmp_path / "direct.db")
+    assert MlflowClient(embedded_uri(tmp_path / "b")).get_experiment("0").artifact_location \
+        == str(elsewhere / "mlruns" / "0")
+    assert sorted(p.name for p in template.parent.iterdir()) == [template.name]
+
+
+def test_without_a_writable_cache_the_store_is_migrated_in_place(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file, not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ensure_sqlite_store(embedded_uri(tmp_path / "w"))
+    assert _files(tmp_path / "w") == ["mlflow.db"]
+    assert [e.name for e in MlflowClient(embedded_uri(tmp_path / "w")).search_experiments()] \
+        == ["Default"]
 
 
 def test_the_embedded_store_writes_in_wal_mode_and_a_reader_sees_every_commit(store):
