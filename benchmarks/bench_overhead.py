@@ -166,10 +166,12 @@ def run_plain_tune(sweep: Path, workdir: Path, events: list[dict]) -> float:
 def one_case(name: str, cores: int, plain: bool, tmp: Path) -> None:
     import ray
 
+    from orchestrator.cluster.connect import start_local
+
     case = CASES[name]
     sweep = tmp / f"{name}.yaml"
     make_sweep(sweep, case, cores)
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
+    start_local(num_cpus=cores, logging_level="ERROR")  # the embedded Ray, as caviar starts it
     cpu0 = cpu_by_role()
     t0, t1, wall, log = run_caviar(sweep, tmp / f"caviar-{name}")
     cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_by_role().items()}

@@ -30,6 +30,21 @@ def loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# Ray prestarts an idle worker per CPU for the first driver. Tune's trial actors never
+# take them (Tune gives its actors a runtime_env, and a worker serves one runtime_env),
+# so on the embedded Ray each was a Python start (~1 s of CPU) taken from the sweep's
+# own start, then polling while idle. Without them a worker starts when a task needs one.
+LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+
+
+def start_local(**kwargs) -> None:
+    """Starts the embedded Ray in this process (``kwargs`` to ``ray.init``)."""
+    import ray
+
+    loopback_only()
+    ray.init(include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+
+
 def use_token_if_any() -> None:
     """Joining a cluster with token authentication: a Ray 2.60 client given an address
     sends its token only with RAY_AUTH_MODE=token, which a token in RAY_AUTH_TOKEN,
@@ -63,8 +78,7 @@ def connect(address: str | None = None, quiet: bool = True) -> None:
         use_token_if_any()
         ray.init(address=address, **kwargs)
     else:
-        loopback_only()
-        ray.init(include_dashboard=False, **kwargs)
+        start_local(**kwargs)
 
 
 CLIENT_REFUSED = (

@@ -9,6 +9,7 @@ kernel's TCP tables), so the test needs Linux, like the machines caviar runs on.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -158,3 +159,39 @@ def test_a_client_without_the_embedded_rays_token_is_refused(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+IDLE_WORKERS = textwrap.dedent("""
+    import json, os, time, ray
+    from pathlib import Path
+    from orchestrator.cluster.connect import connect
+    connect()
+    time.sleep(3)  # Ray's prestarted workers would be up by now
+    parent, name = {}, {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit():
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                name[int(d.name)] = (d / "cmdline").read_bytes().split(b"\\0")[0].decode()
+        except (OSError, ValueError):
+            pass
+    def mine(pid):
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+    idle = [pid for pid in name if name[pid].startswith("ray::IDLE") and mine(pid)]
+    task = ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote(), timeout=60)
+    print(json.dumps({"idle": idle, "task": task}))
+""")
+
+
+def test_the_embedded_ray_starts_no_idle_workers_and_a_task_still_gets_one():
+    """Ray's prestarted workers are never used by Tune's trial actors (their runtime_env
+    differs): the embedded Ray starts none, and a task starts the worker it needs."""
+    out = subprocess.run([sys.executable, "-c", IDLE_WORKERS], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["idle"] == [] and seen["task"] > 0, seen
