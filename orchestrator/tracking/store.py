@@ -136,7 +136,7 @@ def ensure_sqlite_store(uri: str) -> None:
     try:
         shutil.copyfile(_template(), tmp)
         _adopt_default_experiment(tmp)
-    except (OSError, sqlite3.Error):  # no cache to write to: migrate here
+    except (OSError, RuntimeError, sqlite3.Error):  # no cache (or no home) to use: migrate here
         tmp.unlink(missing_ok=True)
         _migrate(tmp)
     _link_into_place(tmp, path)
