@@ -78,15 +78,23 @@ def test_trials_spread_over_nodes_and_pack_four_per_gpu(cluster, write_sweep, tm
         assert _max_overlap(spans) == 4
 
 
-def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tmp_path):
+EPOCHS = 30
+
+
+def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tmp_path,
+                                                        monkeypatch):
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
-    # Epochs of a few tenths of a second: the node must die while its trial still has
-    # epochs to train (with 4000 rows a loaded CI machine once finished all 12 first).
+    # The node must die while its trial still has epochs to train: a report (and
+    # checkpoint) every epoch, so the third comes after 3 epochs, not after 2 s of them,
+    # and epochs of a few tenths of a second, enough of them to outlast the dead node's
+    # worker, which trains on for about 2 s after its raylet goes (with 12 epochs a
+    # loaded CI machine once finished them all there first).
+    monkeypatch.setenv("CAVIAR_REPORT_EVERY_S", "0")
     spec = load_sweep(write_sweep(
         data={"source": "synthetic", "size": 30000, "n_features": 20, "classes": 3},
-        strategy={"kind": "random", "trials": 2}, epochs=12,
+        strategy={"kind": "random", "trials": 2}, epochs=EPOCHS,
         resources={"cpu": 1, "gpu": 1, "concurrency": 2}))
     log = tmp_path / "w" / "t" / "trials.jsonl"
     removed = {}
@@ -110,7 +118,7 @@ def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tm
     summary = run_sweep(spec, tmp_path / "w")
     remover.join(timeout=5)
     assert removed, "no trial ran long enough to remove its node"
-    assert removed["epoch"] < 12, removed
+    assert removed["epoch"] < EPOCHS, removed
 
     assert summary["trials"] == {"total": 2, "completed": 2, "early_stopped": 0,
                                  "diverged": 0, "failed": 0}
@@ -123,4 +131,4 @@ def test_a_lost_node_trial_recovers_from_its_checkpoint(cluster, write_sweep, tm
     assert after[0]["epoch"] > 1
     trained = [r["epoch"] for r in moved["results"] if not r.get("replayed")]
     assert len(trained) == len(set(trained)), trained  # no epoch trained twice
-    assert {r["epoch"] for r in moved["results"]} == set(range(1, 13))
+    assert {r["epoch"] for r in moved["results"]} == set(range(1, EPOCHS + 1))
