@@ -222,6 +222,20 @@ def test_state_dict_is_a_snapshot(small):
     straight = _fit(small, epochs=3)
     resumed = _fit(small, epochs=3, resume_from=states[0])
     _assert_same_weights(straight.model, resumed.model)
+    assert [m["epoch"] for m in states[0]["history"]] == [1]  # its own list, not the live one
+    assert states[0]["history"][0] is not states[2]["history"][0]
+    assert states[0]["model"]._metadata == straight.model.state_dict()._metadata
+
+
+def test_a_snapshot_deep_copies_what_it_does_not_know():
+    from models.train import _snapshot
+
+    state = {"n": 1, "tags": {"a"}, "layers": [torch.zeros(2)]}
+    copy = _snapshot(state)
+    copy["tags"].add("b")
+    copy["layers"][0] += 1
+    assert state == {"n": 1, "tags": {"a"}, "layers": [state["layers"][0]]}
+    assert state["layers"][0].tolist() == [0.0, 0.0]
 
 
 def load_round_trip(state: dict) -> dict:
