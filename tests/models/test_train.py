@@ -228,14 +228,18 @@ def test_state_dict_is_a_snapshot(small):
 
 
 def test_a_snapshot_deep_copies_what_it_does_not_know():
+    from collections import defaultdict
+
     from models.train import _snapshot
 
-    state = {"n": 1, "tags": {"a"}, "layers": [torch.zeros(2)]}
+    state = {"n": 1, "tags": {"a"}, "counts": defaultdict(int, a=1), "layers": [torch.zeros(2)]}
     copy = _snapshot(state)
     copy["tags"].add("b")
+    copy["counts"]["b"] += 1
     copy["layers"][0] += 1
-    assert state == {"n": 1, "tags": {"a"}, "layers": [state["layers"][0]]}
+    assert state["tags"] == {"a"} and state["counts"] == {"a": 1}
     assert state["layers"][0].tolist() == [0.0, 0.0]
+    assert copy["counts"] == {"a": 1, "b": 1} and copy["layers"][0].tolist() == [1.0, 1.0]
 
 
 def load_round_trip(state: dict) -> dict:
