@@ -8,19 +8,25 @@
 # machine pass the build you want, e.g. `make demo TORCH="torch==2.13.0"` with
 # PIP_INDEX_URL pointing at the CUDA wheels, or install torch into .venv
 # yourself first: a torch already in .venv is kept.
+#
+# Every package comes at the version in deploy/docker/constraints.txt (the images' pins):
+# the tests run in the environment users deploy, and no upstream release changes it.
+# `make try-latest` tries the newest releases in .venv-latest and says what moved.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+PINS := deploy/docker/constraints.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.caviar-installed
+PIP_PINNED := --quiet --constraint $(PINS) --build-constraint $(PINS)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench try-latest clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --constraint $(PINS) pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP_PINNED) -e '.[dev]'
 	touch $@
 
 demo: $(STAMP)
@@ -30,10 +36,26 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The inner loop: the unit tests alone (no Ray, no server, no sweep), in under 2 minutes.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not integration"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_search.py
 
+# The newest releases of every dependency (torch as TORCH says) in .venv-latest: what
+# differs from the pins, then the whole suite there. Moving the pins is a commit of its own.
+try-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[dev]'
+	.venv-latest/bin/python deploy/docker/moved_pins.py $(PINS)
+	.venv-latest/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) caviar-runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-latest caviar-runs .pytest_cache .ruff_cache *.egg-info
