@@ -38,11 +38,17 @@ LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 
 
 def start_local(**kwargs) -> None:
-    """Starts the embedded Ray in this process (``kwargs`` to ``ray.init``)."""
+    """Starts the embedded Ray in this process (``kwargs`` to ``ray.init``).
+
+    ``address="local"``: a new Ray of its own, always. Without it ``ray.init()`` joins
+    any cluster that ``ray start`` runs on this machine (Ray looks for one among the
+    processes), where the embedded Ray's settings are refused: a sweep meant for the
+    local cores would fail, or run on that cluster. Joining one is ``--address``."""
     import ray
 
     loopback_only()
-    ray.init(include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+    ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG,
+             **kwargs)
 
 
 def use_token_if_any() -> None:

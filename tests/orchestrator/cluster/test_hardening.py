@@ -230,6 +230,25 @@ def test_a_ray_client_with_the_token_reaches_both_raylets(ray_raylets, tmp_path,
     assert seen == {"cpus": 2.0, "worker_task_on": r.node_ids["worker"]}
 
 
+EMBEDDED = textwrap.dedent("""
+    import json, ray
+    from orchestrator.cluster.connect import connect
+    connect()
+    print(json.dumps({"gcs": ray.get_runtime_context().gcs_address,
+                      "nodes": len(ray.nodes())}))
+""")
+
+
+def test_the_embedded_ray_starts_its_own_beside_a_ray_start_cluster(ray_raylets, tmp_path):
+    """``ray.init()`` alone joins a cluster ``ray start`` runs on the same machine (Ray
+    finds its GCS among the processes) and refuses the embedded Ray's settings there:
+    caviar's embedded default, with no address given, starts a Ray of its own."""
+    done = _python(EMBEDDED, "", _home(tmp_path, None))
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["gcs"] != ray_raylets.address and seen["nodes"] == 1, seen
+
+
 CAVIAR_CLIENT = CLIENT.replace(
     'ray.init(address=sys.argv[1], logging_level="ERROR")',
     "from orchestrator.cluster.connect import connect\nconnect(sys.argv[1])")

@@ -338,7 +338,7 @@ class _Results(Callback):
 
 @pytest.mark.usefixtures("ray_shutdown")
 def test_a_tune_trial_reports_all_its_epochs_and_keeps_best_pt(data, tmp_path):
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     seen = _Results()
     trials_dir = tmp_path / "exp"
     tuner = tune.Tuner(
