@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,23 @@ def ray_shutdown():
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def embedded_ray():
+    """caviar's embedded Ray (``connect()``, as a sweep starts it), started once for a
+    module's in-process sweeps (each sweep finds it running and keeps to it) and shut
+    down after the module: a start costs seconds, and what a test checks of a sweep
+    does not depend on a new Ray."""
+    import ray
+
+    from orchestrator.cluster.connect import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    connect()
+    yield
+    ray.shutdown()
+
+
 def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -87,19 +105,35 @@ def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
-def kill_session(leader: int) -> None:
-    """SIGKILL a process started with ``start_new_session`` and everything it started.
-    ``os.killpg`` is not enough for a driver: Ray's workers each lead a process group of
-    their own and train on for seconds after their raylet dies, writing checkpoints."""
-    for _ in range(2):  # what was being forked the first time round
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+def kill_session(leader: int, timeout: float = 60) -> None:
+    """SIGKILL a process started with ``start_new_session`` and everything it started,
+    and wait until none of them is left (zombies aside). ``os.killpg`` is not enough for
+    a driver: Ray's workers each lead a process group of their own and train on for
+    seconds after their raylet dies, writing checkpoints."""
+    deadline = time.monotonic() + timeout
+    while members := session_members(leader):
+        assert time.monotonic() < deadline, f"session {leader} still has {members}"
+        for pid in members:
             try:
-                if os.getsid(int(entry.name)) == leader:
-                    os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        time.sleep(0.05)  # polling /proc until the kills took
+
+
+def session_members(leader: int) -> list[int]:
+    """The live processes (not zombies) of the session ``leader`` leads."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if alive and os.getsid(int(entry.name)) == leader:
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            pass
+    return found
 
 
 def free_port() -> int:
@@ -153,10 +187,12 @@ def assert_one_paragraph_error(stderr: str, *fragments: str) -> None:
         assert fragment in text, f"{fragment!r} not in {text!r}"
 
 
-# --- the cluster tests' real servers (services.py), one of each per test module -------
+# --- the cluster tests' real servers (services.py): S3 and the MLflow server behind
+# auth once per test process (each test in buckets and experiments of its own), the
+# raylets once per module (tests kill nodes) ---------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's standalone S3-compatible server on 127.0.0.1, its own process
     (services.S3Server: ``.url``, ``.env()``, ``.make_bucket(name)``, ``.keys(bucket,
@@ -174,7 +210,7 @@ def s3_server(tmp_path_factory):
         s3.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def auth_mlflow_server(s3_server, tmp_path_factory):
     """``mlflow server --app-name basic-auth`` on 127.0.0.1 (services.AuthMlflowServer):
     runs on a PostgreSQL of its own (database ``mlflow``; the auth store in

@@ -131,8 +131,10 @@ def _env(**extra) -> dict:
 def _client(address: str, home: Path, mode: str) -> subprocess.CompletedProcess:
     """A plain Ray client on this machine. It runs in Ray's loopback mode too: else it
     looks for 127.0.0.1's cluster on the machine's outside address, finds nothing there
-    (the point of the other test) and never reaches the token check."""
-    env = _env(HOME=str(home), RAY_AUTH_MODE=mode, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    (the point of the other test) and never reaches the token check. A refused client
+    gives up after 2 tries (else 20, one a second)."""
+    env = _env(HOME=str(home), RAY_AUTH_MODE=mode, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_NUM_REDIS_GET_RETRIES="2")
     return subprocess.run([sys.executable, "-c", CLIENT, address], cwd=REPO, timeout=120,
                           env=env, capture_output=True, text=True)
 

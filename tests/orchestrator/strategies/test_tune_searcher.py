@@ -90,7 +90,7 @@ def _readme_example() -> str:
 
 @pytest.mark.usefixtures("ray_shutdown")
 def test_the_readme_example_runs_a_plain_tuner(capsys):
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     ns = {"__name__": "readme_example"}
     exec(compile(_readme_example(), "README.md", "exec"), ns)
     results = ns["tuner"].get_results()
@@ -114,7 +114,7 @@ def _report_config(config):
 @pytest.mark.usefixtures("ray_shutdown")
 def test_a_param_space_with_search_domains_is_refused_and_constants_reach_the_trainable(
         tmp_path):
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
 
     def tuner(param_space):
         return tune.Tuner(_report_config, param_space=param_space,
@@ -166,7 +166,7 @@ def _fail_once(config):
 
 @pytest.mark.usefixtures("ray_shutdown")
 def test_tpe_survives_a_restore_that_restarts_errored_trials(tmp_path):
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     first = tune.Tuner(
         _fail_once, param_space={"flag": str(tmp_path / "failed-once")},
         tune_config=tune.TuneConfig(search_alg=searcher({"kind": "tpe", "trials": 3}, SPACE,
@@ -250,7 +250,7 @@ def trainable(config):
         time.sleep(0.2)
     tune.report({{"val_loss": config["lr"]}})
 
-ray.init(num_cpus=3, include_dashboard=False)
+ray.init(address="local", num_cpus=3, include_dashboard=False)
 strategy = searcher({{"kind": "coarse_to_fine", "rounds": 2, "trials_per_round": 3}}, SPACE,
                     metric="val_loss", mode="min")
 strategy.settle_s = 10.0  # the restored copy's too: how long a skipped trial may stay silent
@@ -266,7 +266,8 @@ def trainable(config):  # the driver's name: Tune.restore checks it
 
 def _kill_mid_round(tmp_path) -> None:
     """Runs the driver until Tune's snapshot shows two trials of round 0 ended and the
-    third running, then SIGKILLs it."""
+    third running, and the searcher's state saved beside it says so too, then waits for
+    one more snapshot (the two are synced one after the other) and SIGKILLs it."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(space=SPACE))
     driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO,
@@ -274,26 +275,42 @@ def _kill_mid_round(tmp_path) -> None:
                                    "PYTHONPATH": str(REPO)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
+    directory, ready_at = tmp_path / "c2f", None
     deadline = time.time() + 180
     try:
         while time.time() < deadline and driver.poll() is None:
-            statuses = tune_statuses(str(tmp_path / "c2f"), since=0) or {}
-            if sorted(statuses.values()) == ["RUNNING", "TERMINATED", "TERMINATED"]:
-                time.sleep(1.5)  # the searcher's state beside it, from the same snapshot
-                return
-            time.sleep(0.2)
+            statuses = tune_statuses(str(directory), since=0) or {}
+            if sorted(statuses.values()) == ["RUNNING", "TERMINATED", "TERMINATED"] and \
+                    _searcher_done(directory) == [False, True, True]:
+                if ready_at is None:
+                    ready_at = _newest_snapshot(directory)
+                elif _newest_snapshot(directory) > ready_at:
+                    return
+            time.sleep(0.2)  # polling Tune's files
         raise AssertionError(f"the driver never reached round 0's end: {driver.stderr.read()}")
     finally:
-        if driver.poll() is None:
-            kill_session(driver.pid)
+        kill_session(driver.pid)  # its Ray processes too, and waits for them to go
         driver.wait()
-        time.sleep(2)  # let its Ray processes go
+
+
+def _newest_snapshot(directory) -> float:
+    return max(p.stat().st_mtime for p in directory.glob("experiment_state-*.json"))
+
+
+def _searcher_done(directory) -> list[bool] | None:
+    """Each trial's ``done`` in the searcher's saved state (caviar writes it as JSON)."""
+    for path in directory.glob("searcher-state-*.pkl"):
+        try:
+            return sorted(t["done"] for t in json.loads(path.read_text())["trials"].values())
+        except (OSError, ValueError, KeyError):
+            return None  # mid-write: the next look
+    return None
 
 
 @pytest.mark.usefixtures("ray_shutdown")
 def test_coarse_to_fine_restored_without_its_unfinished_trials_closes_the_round(tmp_path):
     _kill_mid_round(tmp_path)
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     tuner = tune.Tuner.restore(str(tmp_path / "c2f"), trainable=trainable,
                                resume_unfinished=False)
     out = {}

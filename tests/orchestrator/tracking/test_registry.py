@@ -208,14 +208,18 @@ def test_a_second_taker_is_refused_with_the_holders_name_until_the_lock_is_relea
     assert not lock_model(c, "contended")
 
 
-def test_a_lock_whose_holder_died_is_broken_after_its_lease(store):
+def test_a_lock_whose_holder_died_is_broken_after_its_lease(store, monkeypatch):
+    from orchestrator.tracking import registry
+
     c = store["client"]
-    first = Lock(c, "leased", lease_s=1.5)
+    first = Lock(c, "leased", lease_s=60)
     first.acquire()
     first._stop.set()  # its holder "dies": no more renewals, no release
+    first._thread.join(timeout=10)
     with pytest.raises(Locked, match=rf"is locked by {re.escape(first.holder)}"):
         Lock(c, "leased", lease_s=60).acquire()
-    time.sleep(2.0)
+    now = time.time()
+    monkeypatch.setattr(registry, "_now", lambda: now + 61)  # the lease has run out
     second = Lock(c, "leased", lease_s=60)
     second.acquire()
     try:
@@ -225,18 +229,27 @@ def test_a_lock_whose_holder_died_is_broken_after_its_lease(store):
         second.release()
 
 
-def test_a_held_lock_renews_its_lease(store):
+def test_a_held_lock_renews_its_lease(store, monkeypatch):
+    from orchestrator.tracking import registry
+
     c = store["client"]
-    lock = Lock(c, "renewed", lease_s=1.5)
+    lock = Lock(c, "renewed", lease_s=1.5)  # renewed every 0.5 s
     lock.acquire()
     try:
-        time.sleep(3.0)  # twice the lease: only renewals (every 0.5 s) keep it
-        assert lock.mine()
-        assert float(lock_model(c, "renewed")[0].tags["expires"]) > time.time()
+        first = float(lock_model(c, "renewed")[0].tags["expires"])
+        deadline = time.time() + 30
+        while float(lock_model(c, "renewed")[0].tags["expires"]) == first:
+            assert time.time() < deadline, "the lease was never renewed"
+            time.sleep(0.05)  # polling the store for the renewal
+        renewed = float(lock_model(c, "renewed")[0].tags["expires"])
+        assert renewed > first and lock.mine()
+        # a taker after the first lease ran out still finds the lock held, until the renewed
+        monkeypatch.setattr(registry, "_now", lambda: (first + renewed) / 2)
         with pytest.raises(Locked, match="model 'renewed' is locked by"):
             Lock(c, "renewed", lease_s=60).acquire()
         assert lock.mine()
     finally:
+        monkeypatch.undo()
         lock.release()
     assert not lock_model(c, "renewed")
 
