@@ -32,9 +32,12 @@ $(STAMP): pyproject.toml $(PINS)
 demo: $(STAMP)
 	$(BIN)/caviar sweep sweeps/digits.yaml --fresh
 
+# The suite's modules shared out to JOBS processes (pytest-xdist; a module's tests stay
+# together, so its servers start once); the slowest 30 tests are printed at the end.
+JOBS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 # The inner loop: the unit tests alone (no Ray, no server, no sweep), in under 2 minutes.
 test-fast: $(STAMP)

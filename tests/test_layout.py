@@ -111,3 +111,17 @@ def test_the_check_catches_an_upward_import():
     assert any("imports orchestrator.sweep.run.run_sweep (orchestrator.sweep)" in v
                for v in found)
     assert any("orchestrator.tracking imports ray" in v for v in found)
+
+
+def test_every_test_the_integration_table_names_is_a_test():
+    """tests/conftest.py marks tests by name: a renamed or removed one would silently
+    move into ``make test-fast``'s run."""
+    from tests.conftest import ALL, INTEGRATION
+
+    for module, names in INTEGRATION.items():
+        tree = ast.parse((REPO / module).read_text())
+        tests = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                 and n.name.startswith("test_")}
+        assert tests, module
+        missing = set() if names == ALL else set(names) - tests
+        assert not missing, f"{module}: no test named {sorted(missing)}"

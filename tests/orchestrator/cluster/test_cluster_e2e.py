@@ -26,6 +26,7 @@ from conftest import REPO, read_events
 from services import RayRaylets
 
 EPOCHS = 24
+TRIALS = f"trials-{os.urandom(4).hex()}"
 FAST_NODE_DEATH = {  # the GCS declares a silent node dead within ~5 s, not ~30 s
     "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
@@ -34,7 +35,7 @@ FAST_NODE_DEATH = {  # the GCS declares a silent node dead within ~5 s, not ~30 
 def servers(s3_server, auth_mlflow_server):
     """(S3, MLflow, Ray): the nodes' environment holds the S3 endpoint and keys and the
     MLflow address and credentials, as a cluster's pods get them from Secrets."""
-    s3_server.make_bucket("trials")
+    s3_server.make_bucket(TRIALS)  # a bucket of its own: the S3 server is shared
     ray = RayRaylets(head_cpus=1, worker_cpus=1, env={
         **s3_server.env(), **auth_mlflow_server.client_env(), **FAST_NODE_DEATH})
     try:
@@ -88,7 +89,7 @@ def test_a_submitted_sweep_survives_a_lost_raylet_with_trials_in_s3(servers, tmp
                   "hidden_units": {"scale": "linear", "type": "int", "low": 16, "high": 64}},
         "strategy": {"kind": "random", "trials": 2}, "epochs": EPOCHS,
         "resources": {"cpu": 1, "concurrency": 2}, "seed": 0,
-        "storage": "s3://trials/sweeps", "register": {"name": "e2e-model", "promote": True}}))
+        "storage": f"s3://{TRIALS}/sweeps", "register": {"name": "e2e-model", "promote": True}}))
     workdir = tmp_path / "head-workdir"  # the head node's own disk: the driver's records
     driver = _caviar("submit", sweep, "--address", ray.dashboard, "--workdir", workdir,
                      env=ray.env())
@@ -109,7 +110,7 @@ def test_a_submitted_sweep_survives_a_lost_raylet_with_trials_in_s3(servers, tmp
     assert len(trained) == len(set(trained)), trained  # no epoch trained twice
     assert {r["epoch"] for r in moved["results"]} == set(range(1, EPOCHS + 1))
 
-    keys = s3.keys("trials", f"sweeps/t/trial_{killed['trial']}/")
+    keys = s3.keys(TRIALS, f"sweeps/t/trial_{killed['trial']}/")
     assert f"sweeps/t/trial_{killed['trial']}/best.pt" in keys, keys
     assert not (workdir / "ray").exists()  # trial storage is S3 only
 

@@ -134,9 +134,9 @@ def test_a_missing_bucket_is_refused_before_anything_starts(tmp_path, s3_server)
 def test_a_sweep_keeps_its_trials_in_s3_and_its_records_here(tmp_path, s3_server):
     """Checkpoints, best.pt and Tune's snapshots in the bucket; the summary, the event log
     and the exported model in the workdir; --fresh moves the old experiment aside there."""
-    s3_server.make_bucket("sweeps")
+    bucket = s3_server.make_bucket(f"sweeps-{os.urandom(4).hex()}")  # the server is shared
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep_dict(storage="s3://sweeps/team-a", epochs=2,
+    path.write_text(yaml.safe_dump(sweep_dict(storage=f"s3://{bucket}/team-a", epochs=2,
                                               tracking={"enabled": False},
                                               strategy={"kind": "random", "trials": 2})))
     workdir = tmp_path / "w"
@@ -144,7 +144,7 @@ def test_a_sweep_keeps_its_trials_in_s3_and_its_records_here(tmp_path, s3_server
     assert done.returncode == 0, done.stderr
     summary = json.loads((workdir / "t" / "summary.json").read_text())
     assert summary["trials"]["completed"] == 2
-    keys = s3_server.keys("sweeps", "team-a/t/")
+    keys = s3_server.keys(bucket, "team-a/t/")
     trials = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("trial_")}
     assert len(trials) == 2
     for trial in trials:
@@ -158,7 +158,7 @@ def test_a_sweep_keeps_its_trials_in_s3_and_its_records_here(tmp_path, s3_server
 
     again = _run("sweep", path, "--workdir", workdir, "--fresh", env=s3_server.env())
     assert again.returncode == 0, again.stderr
-    tops = {k.split("/")[1] for k in s3_server.keys("sweeps", "team-a/")}
+    tops = {k.split("/")[1] for k in s3_server.keys(bucket, "team-a/")}
     assert "t" in tops and any(t.startswith("t.old-") for t in tops), tops
 
 

@@ -12,8 +12,9 @@ from orchestrator.sweep.run import SweepError, run_sweep
 from orchestrator.sweep.spec import load_sweep
 from searchspaces import SpecError
 
+pytestmark = pytest.mark.usefixtures("embedded_ray")  # one Ray for the module's sweeps
 
-@pytest.mark.usefixtures("ray_shutdown")
+
 def test_random_sweep_writes_summary_and_trials_csv(write_sweep, tmp_path):
     spec = load_sweep(write_sweep())
     summary = run_sweep(spec, tmp_path / "w")
@@ -43,7 +44,6 @@ def test_random_sweep_writes_summary_and_trials_csv(write_sweep, tmp_path):
     assert len(epochs) == len(set(epochs)) == 16
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_coarse_to_fine_with_asha_records_rounds_and_boxes(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(
         strategy={"kind": "coarse_to_fine", "rounds": 2, "trials_per_round": 4, "keep": 0.5,
@@ -75,7 +75,6 @@ def test_coarse_to_fine_with_asha_records_rounds_and_boxes(write_sweep, tmp_path
     assert set(last.values()) <= {1, 2}, last
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 @pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
 def test_a_bad_report_interval_is_refused_before_anything_is_written(write_sweep, tmp_path,
                                                                      monkeypatch, value):
@@ -86,7 +85,6 @@ def test_a_bad_report_interval_is_refused_before_anything_is_written(write_sweep
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_a_diverging_trial_is_recorded_as_diverged(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(
         model={"batch_norm": False},
@@ -97,7 +95,6 @@ def test_a_diverging_trial_is_recorded_as_diverged(write_sweep, tmp_path):
     assert any("diverged" in w for w in summary["warnings"])
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_resources_the_cluster_cannot_give_are_refused_before_any_trial(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(resources={"cpu": 1, "gpu": 1}))
     with pytest.raises(SpecError, match=r"resources.*gpu: 1.*no node of the cluster"):
@@ -105,7 +102,6 @@ def test_resources_the_cluster_cannot_give_are_refused_before_any_trial(write_sw
     assert not (tmp_path / "w" / "t" / "trials.jsonl").exists()
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_an_existing_sweep_needs_resume_or_fresh(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
     run_sweep(spec, tmp_path / "w")
@@ -116,7 +112,6 @@ def test_an_existing_sweep_needs_resume_or_fresh(write_sweep, tmp_path):
     assert list((tmp_path / "w").glob("t.old-*"))  # moved aside, not deleted
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_fresh_with_bad_input_leaves_the_old_sweep_where_it_was(write_sweep, tmp_path):
     from models.data import DataError
     from searchspaces import SpecError
@@ -137,7 +132,6 @@ def test_fresh_with_bad_input_leaves_the_old_sweep_where_it_was(write_sweep, tmp
     assert run_sweep(spec, tmp_path / "w", resume=True)["trials"]["total"] == 1
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_a_sweep_whose_snapshot_names_code_this_caviar_lacks_is_refused_clearly(write_sweep,
                                                                                  tmp_path):
     """Tune pickles caviar's functions by module and name into tuner.pkl; a sweep started
@@ -162,7 +156,6 @@ def test_resume_without_a_sweep_is_refused(write_sweep, tmp_path):
         run_sweep(spec, tmp_path / "w", resume=True)
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_pbt_exploits_and_perturbs_within_the_space(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(
         data={"source": "synthetic", "size": 3000, "n_features": 20, "classes": 3},
@@ -185,7 +178,6 @@ def test_pbt_exploits_and_perturbs_within_the_space(write_sweep, tmp_path):
             assert 1e-4 <= c["lr"] <= 0.5 and 0.5 <= c["momentum"] <= 0.99
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_tpe_sweep_runs_through_optuna(write_sweep, tmp_path):
     spec = load_sweep(write_sweep(strategy={"kind": "tpe", "trials": 4}, epochs=2))
     summary = run_sweep(spec, tmp_path / "w")
@@ -193,7 +185,6 @@ def test_tpe_sweep_runs_through_optuna(write_sweep, tmp_path):
     assert summary["best"]["config"]["lr"] > 0
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_a_copied_workdir_is_not_resumed_into_the_original(write_sweep, tmp_path):
     import shutil
 
@@ -234,7 +225,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_a_disk_that_fills_mid_sweep_ends_it_in_one_paragraph(write_sweep, small_disk):
     from orchestrator.sweep.run import DiskFull
 
@@ -252,7 +242,6 @@ def test_a_disk_that_fills_mid_sweep_ends_it_in_one_paragraph(write_sweep, small
     assert not list(workdir.rglob("*.tmp")), "a half-written record was left behind"
 
 
-@pytest.mark.usefixtures("ray_shutdown")
 def test_a_disk_already_full_is_refused_before_anything_is_written(write_sweep, small_disk):
     spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 1}, epochs=1))
     workdir = small_disk(8) / "w"
