@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, free_port
+from conftest import free_port, read_events, run_main
 from mlflow import MlflowClient
 
 from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
+from orchestrator.tracking.sink import SyncThread
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray():
+    """One Ray for the module's sweeps: the first starts it in this process, the others
+    join it (orchestrator.cluster.connect); shut down after the module."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def fail_fast(monkeypatch):
+    """MLflow's client retries a refused connection without its backoff (4 s a call
+    otherwise): an unreachable server fails each call at once, and the code under test
+    retries on its own schedule."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 
 def runs_of(uri: str, experiment: str):
@@ -21,17 +40,42 @@ def runs_of(uri: str, experiment: str):
     return c, c.search_runs([exp.experiment_id], max_results=1000)
 
 
-@pytest.mark.usefixtures("ray_shutdown")
+def tracked(tmp, writer: str) -> dict:
+    """A sweep on the embedded store, its best model registered as ``tiny-classifier``:
+    tracked by the driver's thread, or (as sweeps of more than LARGE_SWEEP trials are)
+    by a process of its own."""
+    import yaml
+    from conftest import sweep_dict
+
+    sweep = tmp / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(sweep_dict(strategy={"kind": "random", "trials": 4},
+                                               epochs=3, register={"name": "tiny-classifier"})))
+    with pytest.MonkeyPatch.context() as m:
+        if writer == "process":
+            m.setattr("orchestrator.sweep.run.LARGE_SWEEP", 0)
+        spec = load_sweep(sweep)
+        summary = run_sweep(spec, tmp / "w")
+    return {"spec": spec, "summary": summary, "workdir": tmp / "w"}
+
+
+@pytest.fixture(scope="module")
+def swept_thread(tmp_path_factory):
+    return tracked(tmp_path_factory.mktemp("thread"), "thread")
+
+
+@pytest.fixture(scope="module")
+def swept_process(tmp_path_factory):
+    return tracked(tmp_path_factory.mktemp("process"), "process")
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
-def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep, tmp_path,
-                                                                    monkeypatch, writer):
+def test_one_parent_and_one_child_run_per_trial_with_full_histories(writer, request,
+                                                                    tmp_path):
     """Tracked by the driver's thread, or (as sweeps of more than LARGE_SWEEP trials are)
     by a process of its own: the same record."""
-    if writer == "process":
-        monkeypatch.setattr("orchestrator.sweep.run.LARGE_SWEEP", 0)
-    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 4}, epochs=3))
-    summary = run_sweep(spec, tmp_path / "w")
-    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    swept = request.getfixturevalue(f"swept_{writer}")
+    summary, workdir = swept["summary"], swept["workdir"]
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     assert summary["mlflow"]["tracking_uri"] == uri
     c, runs = runs_of(uri, "t")
     parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
@@ -52,8 +96,8 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "model")} == {
         "model/weights.pt", "model/model.json", "model/fingerprint.json"}
     assert set(summary["importance"]) == {"lr", "hidden_units"}
-    rows = {r["trial_id"]: r for r in csv.DictReader(
-        (tmp_path / "w" / "t" / "trials.csv").open())}
+    assert summary["registered"] == {"name": "tiny-classifier", "version": "1"}
+    rows = {r["trial_id"]: r for r in csv.DictReader((workdir / "t" / "trials.csv").open())}
     for run in children:
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
@@ -74,26 +118,36 @@ def test_one_parent_and_one_child_run_per_trial_with_full_histories(write_sweep,
         pytest.approx(best["metrics"]["val_loss"])
 
 
+class GiveUpSoon(SyncThread):
+    """The sweep's MLflow writer, giving up on an unreachable server after 1 s of retries
+    at the sweep's end instead of 30."""
 
-def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_path):
-    sweep = write_sweep(strategy={"kind": "random", "trials": 3}, epochs=2)
+    def stop(self, deadline_s: float = 30.0) -> bool:
+        return super().stop(deadline_s=1.0)
+
+
+def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_path, capsys,
+                                                            monkeypatch, fail_fast):
+    monkeypatch.setattr("orchestrator.sweep.run.SyncThread", GiveUpSoon)
+    sweep = write_sweep(strategy={"kind": "random", "trials": 3}, epochs=2,
+                        resources={"cpu": 1, "concurrency": 1})  # one trial process
     workdir = tmp_path / "w"
     down = f"http://127.0.0.1:{free_port()}"
-    env_cmd = [sys.executable, "-m", "orchestrator.cli"]
-    ran = subprocess.run([*env_cmd, "sweep", str(sweep), "--workdir", str(workdir),
-                          "--tracking-uri", down], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert ran.returncode == 0, ran.stderr
-    assert "not answering" in ran.stderr and "caviar sync" in ran.stderr
+    code, _, err = run_main(capsys, "sweep", sweep, "--workdir", workdir, "--tracking-uri", down)
+    assert code == 0, err
+    assert "not answering" in err and "caviar sync" in err
     summary = json.loads((workdir / "t" / "summary.json").read_text())
     assert summary["trials"]["completed"] == 3
 
     target = f"sqlite:///{tmp_path / 'later.db'}"
+    said = []
     for _ in range(2):  # the second sync finds nothing new: nothing is written twice
-        synced = subprocess.run([*env_cmd, "sync", "--workdir", str(workdir),
-                                 "--tracking-uri", target], cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
-        assert synced.returncode == 0, synced.stderr
+        code, _, err = run_main(capsys, "sync", "--workdir", workdir, "--tracking-uri", target)
+        assert code == 0, err
+        said.append(err)
+    events = read_events(workdir / "t" / "trials.jsonl")  # 3 starts, 6 epochs, 3 ends
+    assert len(events) >= 12 and f"t: {len(events)} records written" in said[0], said
+    assert "t: 0 records written" in said[1], said
     c, runs = runs_of(target, "t")
     children = [r for r in runs if r.data.tags.get("caviar.kind") == "trial"]
     assert len(children) == 3 and len(runs) == 4
@@ -107,8 +161,7 @@ def test_unreachable_tracking_keeps_records_for_caviar_sync(write_sweep, tmp_pat
         assert run.info.status == "FINISHED"
 
 
-@pytest.mark.usefixtures("ray_shutdown")
-def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_path):
+def test_best_model_is_registered_and_predicts_like_its_trial(swept_thread, tmp_path, capsys):
     import numpy as np
     import torch
 
@@ -117,11 +170,9 @@ def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_p
     from models.train import load_checkpoint
     from orchestrator.sweep.trainable import BEST_FILE
 
-    spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 3}, epochs=4,
-                                  register={"name": "tiny-classifier"}))
-    summary = run_sweep(spec, tmp_path / "w")
+    spec, summary, workdir = (swept_thread[k] for k in ("spec", "summary", "workdir"))
     assert summary["registered"] == {"name": "tiny-classifier", "version": "1"}
-    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     c = MlflowClient(uri)
     version = c.get_model_version("tiny-classifier", "1")
     assert version.tags["caviar.trial_id"] == summary["best"]["trial_id"]
@@ -129,8 +180,8 @@ def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_p
         summary["best"]["metrics"]["val_loss"])
 
     # The trial's own net at its best epoch, straight from its checkpoint ...
-    state = load_checkpoint(tmp_path / "w" / "ray" / "t" /
-                            f"trial_{summary['best']['trial_id']}" / BEST_FILE)
+    state = load_checkpoint(workdir / "ray" / "t" / f"trial_{summary['best']['trial_id']}"
+                            / BEST_FILE)
     assert state["epoch"] == summary["best"]["epoch"]
     data = load_data(spec.data)
     from models.config import MLPConfig
@@ -146,18 +197,16 @@ def test_best_model_is_registered_and_predicts_like_its_trial(write_sweep, tmp_p
     rows[0] = ",".join(data.feature_names)
     rows += [",".join(f"{v:.9g}" for v in r) for r in raw]
     (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "predict",
-                          "models:/tiny-classifier/1", str(tmp_path / "rows.csv"),
-                          "--tracking-uri", uri], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    code, out, err = run_main(capsys, "predict", "models:/tiny-classifier/1",
+                              tmp_path / "rows.csv", "--tracking-uri", uri)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == len(raw)
     classes = [data.classes.index(line["class"]) for line in lines]
     assert np.array_equal(classes, expected)
     assert all(abs(sum(line["probabilities"].values()) - 1) < 1e-4 for line in lines)
     # loading the registered folder directly gives the same
-    net, meta = load_model(tmp_path / "w" / "t" / "model")
+    net, meta = load_model(workdir / "t" / "model")
     labels, _ = predict(net, meta, raw)
     assert [data.classes.index(x) for x in labels] == list(expected)
 
@@ -283,7 +332,8 @@ def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_bac
     assert [m.step for m in c.get_metric_history(trial.info.run_id, "val_loss")] == [1, 2, 3]
 
 
-def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_path):
+def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_path,
+                                                                          fail_fast):
     from orchestrator.sweep.records import LOG_FILE
     from orchestrator.tracking.sink import MlflowSink, SyncProcess
 
@@ -293,5 +343,5 @@ def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_p
     sink = MlflowSink(f"http://127.0.0.1:{free_port()}", "s", d, d / LOG_FILE, tmp_path)
     sink.prepare({}, {})
     writer = SyncProcess(sink, every=0.2).start()
-    assert writer.stop(deadline_s=2.0) is False
+    assert writer.stop(deadline_s=0.5) is False
     assert sink.state["cursor"] == 0 and sink.state["runs"] == {}

@@ -3,7 +3,7 @@ found by a real browser (headless Chromium)."""
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 import signal
@@ -11,41 +11,76 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, free_port, run_main
 from mlflow import MlflowClient
 from services import wait_healthy
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    """A two-trial sweep on the embedded store, and ``caviar ui`` serving it."""
+def swept(tmp_path_factory):
+    """A two-trial sweep on the embedded store (run here, on a Ray of its own; one trial
+    at a time: one trial process to start, not two)."""
+    import ray
     import yaml
     from conftest import sweep_dict
 
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.spec import load_sweep
+
     tmp = tmp_path_factory.mktemp("ui")
-    workdir = tmp / "w"
     sweep = tmp / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(sweep_dict(name="ui-sweep", epochs=2,
-                                               strategy={"kind": "random", "trials": 2})))
-    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep),
-                          "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert ran.returncode == 0, ran.stderr
-    port = free_port()
-    err = tmp / "ui.err"
-    with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
-                                 str(workdir), "--port", str(port)], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=f, text=True,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+                                               strategy={"kind": "random", "trials": 2},
+                                               resources={"cpu": 1, "concurrency": 1})))
     try:
-        wait_healthy(url, proc, log=err)
-        yield {"url": url, "workdir": workdir, "err": err, "tmp": tmp,
-               "summary": json.loads((workdir / "ui-sweep" / "summary.json").read_text())}
+        summary = run_sweep(load_sweep(sweep), tmp / "w", stream=io.StringIO())
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        ray.shutdown()
+    return {"workdir": tmp / "w", "tmp": tmp, "summary": summary}
+
+
+class Ui:
+    """``caviar ui`` on the sweep's store, in a session of its own, its stderr in a file."""
+
+    def __init__(self, workdir, tmp):
+        self.workdir, self.tmp, self.proc = workdir, tmp, None
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.err = self.tmp / f"ui-{self.port}.err"
+        with open(self.err, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui",
+                                          "--workdir", str(self.workdir), "--port",
+                                          str(self.port)], cwd=REPO,
+                                         stdout=subprocess.DEVNULL, stderr=f, text=True,
+                                         start_new_session=True)
+        wait_healthy(self.url, self.proc, log=self.err)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def serving(swept):
+    ui = Ui(swept["workdir"], swept["tmp"])
+    try:
+        ui.start()
+        yield ui
+    finally:
+        ui.stop()
+
+
+@pytest.fixture
+def ui(swept, serving):
+    """``caviar ui`` serving the sweep: the module's, started again if a test stopped it."""
+    if serving.proc.poll() is not None:
+        serving.start()
+    return {"url": serving.url, "workdir": swept["workdir"], "err": serving.err,
+            "tmp": swept["tmp"], "summary": swept["summary"], "proc": serving.proc,
+            "port": serving.port}
 
 
 def test_caviar_ui_serves_the_embedded_store(ui):
@@ -78,10 +113,9 @@ def test_headless_chromium_finds_the_sweeps_runs_in_the_mlflow_ui(ui):
         assert name in page, (name, page[:2000])
 
 
-def test_caviar_ui_without_a_store_says_so(tmp_path):
-    ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
-                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 2 and "no MLflow store here" in ran.stderr
+def test_caviar_ui_without_a_store_says_so(tmp_path, capsys):
+    code, _, err = run_main(capsys, "ui", "--workdir", tmp_path)
+    assert code == 2 and "no MLflow store here" in err
 
 
 
@@ -109,12 +143,11 @@ def _descendants(pid: int) -> dict[int, str]:
 
 
 def test_sigterm_to_caviar_ui_stops_every_process_it_started(ui):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--workdir",
-                             str(ui["workdir"]), "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """The module's ``caviar ui`` (the next test to need one starts another)."""
+    import time
+
+    proc, port = ui["proc"], ui["port"]
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
         tree = _descendants(proc.pid)
         assert tree, "the MLflow server runs below caviar ui"
         assert not [c for c in tree.values() if "huey" in c or "_job_runner" in c], \
@@ -124,13 +157,11 @@ def test_sigterm_to_caviar_ui_stops_every_process_it_started(ui):
     finally:
         if proc.poll() is None:
             proc.kill()
-    import time
-
-    for _ in range(40):
-        left = [p for p in tree if os.path.exists(f"/proc/{p}")]
-        if not left:
+    deadline = time.monotonic() + 10
+    while left := [p for p in tree if os.path.exists(f"/proc/{p}")]:
+        if time.monotonic() > deadline:
             break
-        time.sleep(0.25)
+        time.sleep(0.1)  # polling /proc until the server's processes are gone
     assert not left, f"left running: {[tree[p] for p in left]}"
     import socket
 
