@@ -49,6 +49,14 @@ def entrypoint(workdir: str, resume: bool = False, storage: str | None = None) -
     return shlex.join(words)
 
 
+def no_agent(address: str) -> str:
+    return (f"the cluster at {address} still had no job agent to take the sweep after "
+            f"{AGENT_WAIT_S:.0f} s. Each node's dashboard agent serves jobs on port 52365 "
+            "(`ray start --dashboard-agent-listen-port`); when another Ray on the head's "
+            "machine holds that port, the agent serves none, and its log says so "
+            "(dashboard_agent.log in the head's session logs)")
+
+
 def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str, *,
            wait: bool = True, resume: bool = False, storage: str | None = None,
            stream=None) -> tuple[str, str]:
@@ -72,8 +80,10 @@ def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir
                     metadata={"caviar_sweep": name}, submission_id=submission_id)
                 break
             except RuntimeError as e:  # a head just started: its job agent is not up yet
-                if "try again later" not in str(e) or time.monotonic() > deadline:
+                if "try again later" not in str(e):
                     raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(no_agent(address)) from e
                 time.sleep(2.0)
     print(f"caviar: submitted sweep {name!r} to {address} as job {job_id}", file=stream,
           flush=True)

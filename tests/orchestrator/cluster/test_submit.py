@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, free_port
 from ray.cluster_utils import Cluster
+from services import free_ports
 
 BIN = Path(sys.executable).parent
 
@@ -22,14 +23,16 @@ def ray_head(monkeypatch):
     """A Ray head with its dashboard (the Jobs API) on 127.0.0.1, caviar's Python on PATH.
 
     Started with ray.cluster_utils.Cluster, so shutting it down stops only its own
-    processes (``ray stop`` would stop every Ray on the machine).
+    processes (``ray stop`` would stop every Ray on the machine). Its job agent gets a
+    port of its own: every Ray's agent asks for 52365, and one that finds it taken (by
+    another Ray here) serves no jobs ("No available agent to submit job").
     """
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    dash = free_port()
+    dash, agent = free_ports(2)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": dash})
+        "dashboard_port": dash, "dashboard_agent_listen_port": agent})
     yield f"http://127.0.0.1:{dash}"
     cluster.shutdown()
 
