@@ -9,12 +9,21 @@ import random
 import sys
 
 from orchestrator import DEFAULT_WORKDIR
+from searchspaces.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    CaviarError,
+)
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK",
+           "UsageError"]  # and the option helpers below
 EMBEDDED_STORE = "sqlite:///WORKDIR/mlflow.db"
 
 
-class UsageError(Exception):
+class UsageError(CaviarError):
     """Bad command-line input (not in a file): exit 2."""
 
 

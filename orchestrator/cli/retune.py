@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from orchestrator.cli._common import (
-    EXIT_FAILURE,
     EXIT_OK,
     UsageError,
     add_address,
@@ -14,16 +12,14 @@ from orchestrator.cli._common import (
     add_tracking_uri,
     checked_storage,
 )
-from searchspaces import SpecError
 
 REPORTED = ("model", "decision", "stale", "reasons", "production_version", "new_version",
             "dry_run")
 
 
 def cmd_retune(args) -> int:
-    from orchestrator.retune.job import RetuneFailed, run_retune
+    from orchestrator.retune.job import run_retune
     from orchestrator.retune.spec import load_retune
-    from orchestrator.tracking.registry import RegistryError
 
     spec = load_retune(args.file)
     if not args.dry_run:  # a search may run: what it needs must work, not fail in months
@@ -33,15 +29,9 @@ def cmd_retune(args) -> int:
             raise UsageError(f"--address / RAY_ADDRESS: {CLIENT_REFUSED} (a --dry-run may "
                              "use a ray:// address: it trains nothing)")
         checked_storage(args.storage or spec.sweep.storage, reach=True)
-    try:
-        report = run_retune(spec, args.workdir, tracking_uri=args.tracking_uri,
-                            address=args.address, dry_run=args.dry_run, force=args.force,
-                            storage=args.storage)
-    except RegistryError as e:  # the file names a model the registry lacks
-        raise SpecError(args.file, "key 'model'", str(e)) from None
-    except RetuneFailed as e:
-        print(f"caviar: failed: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+    report = run_retune(spec, args.workdir, tracking_uri=args.tracking_uri,
+                        address=args.address, dry_run=args.dry_run, force=args.force,
+                        storage=args.storage)
     print(json.dumps({k: report.get(k) for k in REPORTED}))
     return EXIT_OK
 
