@@ -16,14 +16,17 @@ from orchestrator.cli._common import (
 
 
 def _client(args):
-    from orchestrator.tracking.store import check_store, ensure_sqlite_store, resolve_uri
+    from orchestrator.tracking.store import (
+        check_store,
+        ensure_sqlite_store,
+        mlflow_client,
+        resolve_uri,
+    )
 
     uri = resolve_uri(args.tracking_uri, None, args.workdir)
     check_store(uri, what="the trial")
     ensure_sqlite_store(uri)
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
+    return mlflow_client(uri)
 
 
 def _run_id(args, client) -> str:
