@@ -10,7 +10,6 @@ from pathlib import Path
 
 from orchestrator.cli._common import (
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
     add_address,
@@ -27,20 +26,10 @@ def cmd_sweep(args) -> int:
     spec = load_sweep(args.file)
     if args.resume and args.fresh:
         raise UsageError("--resume and --fresh exclude each other")
-    from orchestrator.sweep.run import DiskFull, SweepError, SweepInterrupted, run_sweep
+    from orchestrator.sweep.run import run_sweep
 
-    try:
-        summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
-                            fresh=args.fresh, tracking_uri=args.tracking_uri,
-                            storage=args.storage)
-    except SweepError as e:
-        raise UsageError(str(e)) from None
-    except DiskFull as e:
-        print(f"caviar: failed: {e}", file=sys.stderr)
-        return EXIT_FAILURE
-    except SweepInterrupted as e:
-        print(f"caviar: interrupted: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    summary = run_sweep(spec, args.workdir, address=args.address, resume=args.resume,
+                        fresh=args.fresh, tracking_uri=args.tracking_uri, storage=args.storage)
     print(json.dumps(summary["best"]))
     return EXIT_OK
 
@@ -54,12 +43,9 @@ def cmd_sync(args) -> int:
 def cmd_ui(args) -> int:
     """The MLflow UI for the embedded store, on 127.0.0.1, until Ctrl-C."""
     from orchestrator.tracking.store import embedded_uri
-    from orchestrator.tracking.ui import PortTaken, start_ui, stop_ui
+    from orchestrator.tracking.ui import start_ui, stop_ui
 
-    try:
-        server, url, pages = start_ui(args.workdir, args.port)
-    except PortTaken as e:
-        raise UsageError(str(e)) from None
+    server, url, pages = start_ui(args.workdir, args.port)
     print(f"caviar: MLflow UI for {embedded_uri(args.workdir)} at {url} (Ctrl-C stops it)",
           file=sys.stderr, flush=True)
     for line in pages:
@@ -84,14 +70,9 @@ def cmd_submit(args) -> int:
     raw = load_mapping(args.file)
     spec = parse_sweep(raw, args.file, Path(args.file).resolve().parent)
     sweep, files = job_file(spec, raw)
-    try:
-        job_id, status = submit(spec.name, sweep, files, args.address, args.workdir,
-                                wait=not args.no_wait, resume=args.resume,
-                                storage=checked_storage(args.storage))
-    except ConnectionError as e:
-        print(f"caviar: failed: cannot reach the Ray dashboard at {args.address} ({e}); "
-              "is the cluster up, and is its dashboard port (8265) reachable?", file=sys.stderr)
-        return EXIT_FAILURE
+    job_id, status = submit(spec.name, sweep, files, args.address, args.workdir,
+                            wait=not args.no_wait, resume=args.resume,
+                            storage=checked_storage(args.storage))
     print(job_id)
     if status in ("FAILED", "STOPPED"):
         print(f"caviar: job {job_id} {status.lower()}", file=sys.stderr)
