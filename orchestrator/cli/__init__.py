@@ -24,19 +24,10 @@ import sys
 
 from orchestrator import caviar_version
 from orchestrator.cli import babysit, models, plan, rerun, retune, spaces, sweeps
-from orchestrator.cli._common import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_LOCKED,
-    EXIT_OK,
-    UsageError,
-    workdir_parent,
-)
-from searchspaces.errors import CaviarError
+from orchestrator.cli._common import UsageError, workdir_parent
+from searchspaces.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CaviarError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK",
-           "UsageError", "build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "main"]  # exit codes: searchspaces.errors
 
 # In the order `caviar --help` lists them.
 COMMANDS = (spaces.add_validate, spaces.add_sample, spaces.add_train, sweeps.add_sweep,
