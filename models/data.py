@@ -17,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from searchspaces.errors import CaviarError
+
 SOURCES = ("digits", "synthetic", "csv", "parquet", "npz")
 FILE_SOURCES = ("csv", "parquet", "npz")
 MAX_SYNTHETIC_CELLS = 250_000_000  # rows x features: 2 GB of float64 while it is made
 
 
-class DataError(ValueError):
-    """Bad data or a bad data spec: the message says which file or key, and the rule."""
+class DataError(CaviarError, ValueError):
+    """Bad data or a bad data spec: the message says which file or key, and the rule
+    (exit 2)."""
 
 
 @dataclass(frozen=True)

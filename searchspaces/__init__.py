@@ -5,11 +5,12 @@
 - ``sampling``: random, quasi-random and grid points in unit space.
 - ``trial``: the bookkeeping keys a search adds to a trial's configuration.
 - ``yamlio``: reading caviar's YAML files (1e-4 is a number).
-- ``errors`` and ``fields``: the one bad-input error (SpecError) and the checks every
-  caviar file's fields go through, so each message names the file, the key and the rule.
+- ``errors`` and ``fields``: caviar's base error (CaviarError, carrying its exit code),
+  the one bad-input error for files (SpecError) and the checks every caviar file's fields
+  go through, so each message names the file, the key and the rule.
 """
 
-from searchspaces.errors import SpecError
+from searchspaces.errors import CaviarError, SpecError
 from searchspaces.sampling import STRATEGIES, sample
 from searchspaces.scales import SCALES, Linear, Log, ReverseLog, Scale
 from searchspaces.space import (
@@ -22,7 +23,7 @@ from searchspaces.space import (
 )
 
 __all__ = [
-    "SCALES", "STRATEGIES", "ChoiceParameter", "FixedParameter", "FloatParameter",
+    "SCALES", "STRATEGIES", "CaviarError", "ChoiceParameter", "FixedParameter", "FloatParameter",
     "IntParameter", "Linear", "Log", "Parameter", "ReverseLog", "Scale", "SearchSpace",
     "SpecError", "sample",
 ]

@@ -1,9 +1,36 @@
-"""The one error type for bad input files, shared by every caviar command."""
+"""caviar's errors: the base every one derives from, and the one error type for bad input
+files, shared by every caviar command.
+
+Each error carries what the ``caviar`` command does with it: the exit code and the word
+its one-paragraph message starts with (``caviar: error: ...``). It lives here, at the
+bottom of the layout, so that every package can raise one.
+"""
 
 from __future__ import annotations
 
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-class SpecError(ValueError):
+
+class CaviarError(Exception):
+    """An error caviar expects, told in one paragraph that says why and what to do.
+
+    A subclass sets ``exit_code`` and ``label``: bad input (2, ``error``; nothing was
+    started or changed) unless it says otherwise: a failure (1, ``failed``), another
+    process holding a lock (3, ``locked``), an interruption (130, ``interrupted``).
+    """
+
+    exit_code = EXIT_BAD_INPUT
+    label = "error"
+
+
+class Failure(CaviarError):
+    """Something went wrong that is not the input (the disk, a server, a worker): exit 1."""
+
+    exit_code = EXIT_FAILURE
+    label = "failed"
+
+
+class SpecError(CaviarError, ValueError):
     """A file (search space, sweep, re-tune job) breaks a rule.
 
     The message names the file, where in it (parameter, key), the rule and the

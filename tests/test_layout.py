@@ -18,7 +18,7 @@ PACKAGES = ("searchspaces", "models", "orchestrator")
 # package -> what it may import of caviar (besides itself). Read bottom-up.
 MAY_IMPORT = {
     "searchspaces": set(),
-    "models": set(),
+    "models": {"searchspaces"},  # caviar's errors (searchspaces.errors): DataError's base
     "orchestrator": set(),  # the root package: DEFAULT_WORKDIR
     "orchestrator.strategies": {"searchspaces", "models", "orchestrator"},
     "orchestrator.tracking": {"searchspaces", "models", "orchestrator"},
@@ -39,8 +39,8 @@ MAY_IMPORT = {
                          "orchestrator.tracking", "orchestrator.cluster", "orchestrator.sweep",
                          "orchestrator.retune", "orchestrator.panda", "orchestrator.rerun"},
 }
-# Third-party frameworks a package must not touch (DESIGN.md: models and search spaces
-# know nothing of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking).
+# Third-party frameworks a package must not touch: models and search spaces know nothing
+# of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking.
 MUST_NOT_IMPORT = {
     "searchspaces": {"ray", "mlflow", "torch"},
     "models": {"ray", "mlflow"},
@@ -111,6 +111,14 @@ def test_the_check_catches_an_upward_import():
     assert any("imports orchestrator.sweep.run.run_sweep (orchestrator.sweep)" in v
                for v in found)
     assert any("orchestrator.tracking imports ray" in v for v in found)
+
+
+def test_search_spaces_sit_below_models():
+    """models may import searchspaces (caviar's errors live there), never the reverse."""
+    errors = REPO / "searchspaces" / "errors.py"
+    found = violations(errors, errors.read_text() + "\nfrom models.data import DataError\n")
+    assert found == [f"searchspaces/errors.py:{len(errors.read_text().splitlines()) + 2}: "
+                     "searchspaces imports models.data.DataError (models)"]
 
 
 def test_every_test_the_integration_table_names_is_a_test():

@@ -8,10 +8,12 @@
 - ``plan``: plan
 - ``rerun``: rerun
 
-Each handler parses, calls into the packages below and maps errors to exit codes:
-0 done; 1 failure (a bug or the environment: the message says which); 2 bad input
-(a one-paragraph error naming the file, the key and the rule; nothing is started);
-3 locked (another process holds the model's lock); 130 interrupted.
+Each handler parses, calls into the packages below and prints. ``main`` maps what it
+raises to exit codes: an error caviar expects is a ``CaviarError`` (searchspaces.errors)
+carrying its own code, printed as one paragraph; anything else is a failure. 0 done;
+1 failure (a bug or the environment: the message says which); 2 bad input (a
+one-paragraph error naming the file, the key and the rule; nothing is started); 3
+locked (another process holds the model's lock); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,18 +24,10 @@ import sys
 
 from orchestrator import caviar_version
 from orchestrator.cli import babysit, models, plan, rerun, retune, spaces, sweeps
-from orchestrator.cli._common import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_LOCKED,
-    EXIT_OK,
-    UsageError,
-    workdir_parent,
-)
+from orchestrator.cli._common import UsageError, workdir_parent
+from searchspaces.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CaviarError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK",
-           "UsageError", "build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "main"]  # exit codes: searchspaces.errors
 
 # In the order `caviar --help` lists them.
 COMMANDS = (spaces.add_validate, spaces.add_sample, spaces.add_train, sweeps.add_sweep,
@@ -58,20 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bad_input() -> tuple[type[Exception], ...]:
-    """What a handler may raise that is the user's input, not a failure: exit 2."""
-    from models.data import DataError
-    from orchestrator.panda.channel import BabysitError
-    from orchestrator.rerun.recipe import RerunError
-    from orchestrator.tracking.registry import RegistryError
-    from orchestrator.tracking.sink import StateDamaged
-    from orchestrator.tracking.store import StoreMissing
-    from searchspaces import SpecError
-
-    return (SpecError, DataError, UsageError, StoreMissing, RegistryError, BabysitError,
-            RerunError, StateDamaged)
-
-
 def failure_line(e: BaseException) -> str:
     """A failure in one line: the exception's type and its message's first line, or, for
     one that wraps a traceback as text (Ray Tune's TuneError), the exception it ends with."""
@@ -83,16 +63,11 @@ def failure_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from orchestrator.tracking.registry import Locked
-
     try:
         return args.func(args)
-    except _bad_input() as e:
-        print(f"caviar: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Locked as e:
-        print(f"caviar: locked: {e}", file=sys.stderr)
-        return EXIT_LOCKED
+    except CaviarError as e:  # expected: its own paragraph and exit code, even when debugging
+        print(f"caviar: {e.label}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("caviar: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,4 +1,8 @@
-"""What every command group shares: exit codes, the usage error, the common options."""
+"""What every command group shares: exit codes, the usage error, the common options.
+
+A command is declared with ``add_command`` (its ``--help`` description is its handler's
+docstring); an option more than one command takes is declared once, in ``OPTIONS`` or
+as an ``add_...`` function here, and each command adds it by name."""
 
 from __future__ import annotations
 
@@ -9,12 +13,24 @@ import random
 import sys
 
 from orchestrator import DEFAULT_WORKDIR
+from searchspaces.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    CaviarError,
+)
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = [  # the exit codes are searchspaces.errors', named here too
+    "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "OPTIONS",
+    "UsageError", "add_address", "add_command", "add_flag", "add_option", "add_storage",
+    "add_tracking_uri", "checked_storage", "default_workdir", "json_safe", "seed_or_draw",
+    "workdir_parent"]
 EMBEDDED_STORE = "sqlite:///WORKDIR/mlflow.db"
 
 
-class UsageError(Exception):
+class UsageError(CaviarError):
     """Bad command-line input (not in a file): exit 2."""
 
 
@@ -30,6 +46,45 @@ def workdir_parent() -> argparse.ArgumentParser:
                         help="where runs, checkpoints and the embedded MLflow store live "
                         "(default: $CAVIAR_WORKDIR, else ./caviar-runs; now %(default)s)")
     return common
+
+
+def add_command(sub, common: argparse.ArgumentParser | None, name: str, func, help: str,
+                **kwargs) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (``help``: its line in ``caviar --help``), handled by
+    ``func``, with ``common``'s options (``--workdir``). Its ``--help`` description is
+    ``func``'s docstring unless ``kwargs`` give one: argparse rewraps the text."""
+    kwargs.setdefault("description", func.__doc__)
+    p = sub.add_parser(name, parents=[common] if common else [], help=help, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
+# Options more than one command takes: (flags, argparse settings). A command may change
+# a setting (most often the help, which says what the option means to it).
+OPTIONS = {
+    "sweep": (("file",), {"metavar": "SWEEP", "help": "a sweep YAML file"}),
+    "model": (("model",), {"metavar": "MODEL", "help": "the registered model's name"}),
+    "--set": (("--set",), {"action": "append", "metavar": "NAME=VALUE", "default": []}),
+    "--seed": (("--seed",), {"type": int, "default": None}),
+    "--epochs": (("--epochs",), {"type": int, "default": None}),
+    "--threads": (("--threads",), {"type": int, "default": None}),
+    "--device": (("--device",), {}),
+    "--resume": (("--resume",), {"action": "store_true"}),
+    "--json": (("--json",), {"action": "store_true"}),
+}
+
+
+def add_option(p: argparse.ArgumentParser, name: str, help: str | None = None,
+               **settings) -> None:
+    """The shared option ``name`` (a key of ``OPTIONS``) with ``help`` and any of its
+    ``settings`` changed for this command."""
+    flags, shared = OPTIONS[name]
+    p.add_argument(*flags, **{**shared, **({"help": help} if help else {}), **settings})
+
+
+def add_flag(p: argparse.ArgumentParser, *flags: str, help: str) -> None:
+    """A switch: off unless given."""
+    p.add_argument(*flags, action="store_true", help=help)
 
 
 def add_tracking_uri(p: argparse.ArgumentParser, what: str, *fallbacks: str,

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.cli._common import EXIT_OK, UsageError, add_tracking_uri
+from orchestrator.cli._common import (
+    UsageError,
+    add_command,
+    add_flag,
+    add_option,
+    add_tracking_uri,
+)
+from searchspaces.errors import EXIT_OK
 
 
 def _model_dir(model: str, tracking_uri: str | None, workdir: str) -> Path:
@@ -30,6 +37,9 @@ def _model_dir(model: str, tracking_uri: str | None, workdir: str) -> Path:
 
 
 def cmd_predict(args) -> int:
+    """Print one JSON line per row of DATA: the predicted class and the probabilities,
+    with the model's stored normalisation. MODEL is a model URI (models:/NAME/VERSION,
+    models:/NAME@ALIAS, runs:/ID/model) or a model folder (WORKDIR/SWEEP/model)."""
     from models.serving import bad_rows, load_model, predict, read_rows
 
     net, meta = load_model(_model_dir(args.model, args.tracking_uri, args.workdir))
@@ -64,7 +74,9 @@ def _client(args):
 
 
 def cmd_promote(args) -> int:
-    """Production moves under the model's lock, so a hand-made move never races the job."""
+    """Give VERSION of MODEL the alias 'production'; the version that had it gets the
+    alias 'previous'."""
+    # Under the model's lock, so a hand-made move never races the re-tune job.
     from orchestrator.tracking.registry import Lock, promote
 
     client = _client(args)
@@ -80,6 +92,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+    """Swap the aliases 'production' and 'previous' of MODEL: the version before the last
+    promotion serves again."""
     from orchestrator.tracking.registry import Lock, rollback
 
     client = _client(args)
@@ -94,37 +108,26 @@ REGISTRY = "the MLflow registry"
 
 
 def add_predict(sub, common) -> None:
-    p = sub.add_parser("predict", parents=[common], help="predict with a registered model",
-                       description="Print one JSON line per row of DATA: the predicted class "
-                       "and the probabilities, with the model's stored normalisation. MODEL is "
-                       "a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model) "
-                       "or a model folder (WORKDIR/SWEEP/model).")
+    p = add_command(sub, common, "predict", cmd_predict, "predict with a registered model")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("data", metavar="DATA", help="a csv or parquet file whose header names "
                    "the model's feature columns (the label column may be there too, and is "
                    "ignored; any other column is refused), or an npz whose array X holds one "
                    "column per feature in training order")
-    p.add_argument("--skip-bad-rows", action="store_true", help="predict the rows that are "
-                   "whole and print {\"row\": N, \"error\": ...} for rows with NaN or "
-                   "infinite values (default: refuse the file, naming them)")
+    add_flag(p, "--skip-bad-rows", help="predict the rows that are whole and print "
+             "{\"row\": N, \"error\": ...} for rows with NaN or infinite values (default: "
+             "refuse the file, naming them)")
     add_tracking_uri(p, REGISTRY)
-    p.set_defaults(func=cmd_predict)
 
 
 def add_promote(sub, common) -> None:
-    p = sub.add_parser("promote", parents=[common], help="make a model version production",
-                       description="Give VERSION of MODEL the alias 'production'; the version "
-                       "that had it gets the alias 'previous'.")
-    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    p = add_command(sub, common, "promote", cmd_promote, "make a model version production")
+    add_option(p, "model")
     p.add_argument("--version", required=True, help="the version to promote")
     add_tracking_uri(p, REGISTRY)
-    p.set_defaults(func=cmd_promote)
 
 
 def add_rollback(sub, common) -> None:
-    p = sub.add_parser("rollback", parents=[common], help="undo the last promotion",
-                       description="Swap the aliases 'production' and 'previous' of MODEL: "
-                       "the version before the last promotion serves again.")
-    p.add_argument("model", metavar="MODEL", help="the registered model's name")
+    p = add_command(sub, common, "rollback", cmd_rollback, "undo the last promotion")
+    add_option(p, "model")
     add_tracking_uri(p, REGISTRY)
-    p.set_defaults(func=cmd_rollback)

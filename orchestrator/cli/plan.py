@@ -6,13 +6,20 @@ import json
 import sys
 import textwrap
 
-from orchestrator.cli._common import EXIT_OK, UsageError, add_address, json_safe
+from orchestrator.cli._common import (
+    UsageError,
+    add_address,
+    add_command,
+    add_option,
+    json_safe,
+)
 from orchestrator.panda.plan import (
     DEFAULT_HOURS,
     MIN_SEARCH_TRIALS,
     SWEEP_STARTUP_SECONDS,
     TRIAL_OVERHEAD_SECONDS,
 )
+from searchspaces.errors import EXIT_OK
 
 
 def _size(n: float | None) -> str:
@@ -89,8 +96,8 @@ def cmd_plan(args) -> int:
 
 
 def add_plan(sub, common) -> None:
-    p = sub.add_parser(
-        "plan", parents=[common], help="say panda or caviar for a sweep",
+    p = add_command(
+        sub, common, "plan", cmd_plan, "say panda or caviar for a sweep",
         description="Time one epoch of the sweep's net on its data (its space's defaults, "
         "else the centre of each range) as a Ray task holding one trial's resources, here "
         "or on a cluster node, after a warm-up epoch; measure the trial's peak memory (RSS, "
@@ -102,13 +109,11 @@ def add_plan(sub, common) -> None:
         "coarse-to-fine search) fit in --hours; else caviar, with the parallel trials and "
         "a strategy and budget that fit --hours. Prints the figures, the verdict and what to run.",
         epilog="Exit codes: 0 done, 1 failure, 2 bad input.")
-    p.add_argument("file", metavar="SWEEP", help="a sweep YAML file")
+    add_option(p, "sweep")
     p.add_argument("--hours", type=float, default=DEFAULT_HOURS,
                    help="the wall-clock target for the search, in hours (default: "
                    f"{DEFAULT_HOURS:g}, the "
                    "course's 'a fixed time, like one day')")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object with every figure, the verdict and the "
-                   "recommendation instead of the report")
+    add_option(p, "--json", "print one JSON object with every figure, the verdict and the "
+               "recommendation instead of the report")
     add_address(p, "a Ray cluster to measure a trial on and read free resources from")
-    p.set_defaults(func=cmd_plan)

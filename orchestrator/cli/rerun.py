@@ -6,24 +6,29 @@ import json
 import sys
 
 from orchestrator.cli._common import (
-    EXIT_FAILURE,
-    EXIT_OK,
     UsageError,
     add_address,
+    add_command,
+    add_flag,
+    add_option,
     add_tracking_uri,
     json_safe,
 )
+from searchspaces.errors import EXIT_FAILURE, EXIT_OK
 
 
 def _client(args):
-    from orchestrator.tracking.store import check_store, ensure_sqlite_store, resolve_uri
+    from orchestrator.tracking.store import (
+        check_store,
+        ensure_sqlite_store,
+        mlflow_client,
+        resolve_uri,
+    )
 
     uri = resolve_uri(args.tracking_uri, None, args.workdir)
     check_store(uri, what="the trial")
     ensure_sqlite_store(uri)
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
+    return mlflow_client(uri)
 
 
 def _run_id(args, client) -> str:
@@ -64,6 +69,11 @@ def _print_table(rows: list[dict], out) -> None:
 
 
 def cmd_rerun(args) -> int:
+    """Rebuild a trial from its MLflow record (its hyperparameters, seed, epochs, the
+    sweep's net and data, torch threads, device) and train it again, here or on
+    --address. Prints each epoch's recorded and re-run metrics side by side on stderr,
+    and one JSON line on stdout. The re-run is logged as its own run (tag
+    caviar.rerun_of)."""
     from orchestrator.rerun.recipe import read_recipe
     from orchestrator.rerun.replay import default_device, log_rerun, retrain, retrain_on_ray
 
@@ -98,23 +108,17 @@ def cmd_rerun(args) -> int:
 
 
 def add_rerun(sub, common) -> None:
-    p = sub.add_parser("rerun", parents=[common], help="train a finished trial again from its "
-                       "record", description="Rebuild a trial from its MLflow record (its "
-                       "hyperparameters, seed, epochs, the sweep's net and data, torch threads, "
-                       "device) and train it again, here or on --address. Prints each epoch's "
-                       "recorded and re-run metrics side by side on stderr, and one JSON line "
-                       "on stdout. The re-run is logged as its own run (tag caviar.rerun_of).",
-                       epilog="Exit codes: 0 identical to the last digit; 1 it differs (the "
-                       "message says what: data, threads, device, versions) or failed; 2 no "
-                       "such trial.")
+    p = add_command(sub, common, "rerun", cmd_rerun, "train a finished trial again from its "
+                    "record", epilog="Exit codes: 0 identical to the last digit; 1 it "
+                    "differs (the message says what: data, threads, device, versions) or "
+                    "failed; 2 no such trial.")
     p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the trial's MLflow run id")
     p.add_argument("--trial", metavar="ID", help="the trial's id (with --sweep)")
     p.add_argument("--sweep", metavar="NAME", help="the sweep's name (with --trial)")
-    p.add_argument("--threads", type=int, help="torch threads (default: the trial's)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the trial's when this "
-                   "machine has it, else cpu)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels "
-                   "(slower; makes GPU re-runs repeat each other)")
+    add_option(p, "--threads", "torch threads (default: the trial's)")
+    add_option(p, "--device", "cpu, cuda or cuda:N (default: the trial's when this machine "
+               "has it, else cpu)")
+    add_flag(p, "--deterministic", help="deterministic CUDA kernels (slower; makes GPU "
+             "re-runs repeat each other)")
     add_address(p, "a Ray cluster to train on")
     add_tracking_uri(p, "the MLflow store holding the trial")
-    p.set_defaults(func=cmd_rerun)

@@ -12,9 +12,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.cli._common import EXIT_OK, UsageError, json_safe, seed_or_draw
+from orchestrator.cli._common import (
+    UsageError,
+    add_command,
+    add_flag,
+    add_option,
+    json_safe,
+    seed_or_draw,
+)
 from searchspaces import STRATEGIES, SearchSpace, SpecError
-from searchspaces.errors import did_you_mean
+from searchspaces.errors import EXIT_OK, did_you_mean
 from searchspaces.yamlio import load_mapping, parse_yaml
 
 
@@ -67,6 +74,8 @@ def _validate_retune(path: str) -> None:
 
 
 def cmd_validate(args) -> int:
+    """Check search space, sweep or re-tune files without running anything: every
+    parameter's scale, bounds and names, every sweep and re-tune key."""
     from orchestrator.sweep.spec import file_kind
 
     for path in args.files:
@@ -87,6 +96,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    """Print the configurations a search would try, one JSON object per line, fixed
+    parameters included."""
     from searchspaces.sampling import grid_points_per_parameter, sample
 
     _, space, _ = load_any(args.file)
@@ -191,6 +202,10 @@ def _ctrl_c() -> Iterator[threading.Event]:
 
 
 def cmd_train(args) -> int:
+    """Train one configuration locally, without Ray. Tuned parameters not --set take their
+    default, else the centre of their range in unit space. A space file alone trains on
+    the digits data. Prints a line per epoch on stderr and, last, one JSON line with the
+    result on stdout."""
     from models.config import split_config
     from models.data import load as load_data
     from models.train import fit, holdout_scores
@@ -224,50 +239,32 @@ def cmd_train(args) -> int:
 
 
 def add_validate(sub, common) -> None:
-    p = sub.add_parser("validate", parents=[common],
-                       help="check search space, sweep or re-tune files",
-                       description="Check search space, sweep or re-tune files without "
-                       "running anything: every parameter's scale, bounds and names, every "
-                       "sweep and re-tune key.")
+    p = add_command(sub, common, "validate", cmd_validate,
+                    "check search space, sweep or re-tune files")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="a search space, sweep or re-tune YAML file")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the OK line per file")
-    p.set_defaults(func=cmd_validate)
+    add_flag(p, "-q", "--quiet", help="print only the OK line per file")
 
 
 def add_sample(sub, common) -> None:
-    p = sub.add_parser("sample", parents=[common], help="print the configs a search would try",
-                       description="Print the configurations a search would try, one JSON "
-                       "object per line, fixed parameters included.")
+    p = add_command(sub, common, "sample", cmd_sample, "print the configs a search would try")
     p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
     p.add_argument("--strategy", choices=STRATEGIES, default="random",
                    help="random (seeded), quasi_random (scrambled Halton) or grid "
                    "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
     p.add_argument("--n", type=int, default=10, help="how many configurations (default "
                    "%(default)s; for grid, the budget that sets k)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="random seed (default: drawn, and printed on stderr)")
-    p.set_defaults(func=cmd_sample)
+    add_option(p, "--seed", "random seed (default: drawn, and printed on stderr)")
 
 
 def add_train(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train one configuration, without Ray",
-                       description="Train one configuration locally, without Ray. Tuned "
-                       "parameters not --set take their default, else the centre of their "
-                       "range in unit space. A space file alone trains on the digits data. "
-                       "Prints a line per epoch on stderr and, last, one JSON line with the "
-                       "result on stdout.")
+    p = add_command(sub, common, "train", cmd_train, "train one configuration, without Ray")
     p.add_argument("file", metavar="SWEEP_OR_SPACE", help="a sweep or search space YAML file")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
-                   help="set one hyperparameter, e.g. --set lr=0.01 (repeatable)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs to train (default: the sweep's, else 20)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for initialisation and mini-batch order (default: the "
-                   "sweep's, else 0)")
-    p.add_argument("--device", default="auto",
-                   help="auto (the GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: as a trial gets, one per CPU of the "
-                   "sweep's resources.cpu; 1 for a space file)")
-    p.set_defaults(func=cmd_train)
+    add_option(p, "--set", "set one hyperparameter, e.g. --set lr=0.01 (repeatable)")
+    add_option(p, "--epochs", "epochs to train (default: the sweep's, else 20)")
+    add_option(p, "--seed", "seed for initialisation and mini-batch order (default: the "
+               "sweep's, else 0)")
+    add_option(p, "--device", "auto (the GPU when there is one), cpu, cuda or cuda:N",
+               default="auto")
+    add_option(p, "--threads", "torch CPU threads (default: as a trial gets, one per CPU of "
+               "the sweep's resources.cpu; 1 for a space file)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.cluster.connect import use_token_if_any
+from searchspaces.errors import CaviarError, Failure
 
 PACKAGES = ("orchestrator", "models", "searchspaces")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -57,16 +58,41 @@ def no_agent(address: str) -> str:
             "(dashboard_agent.log in the head's session logs)")
 
 
+def check_dashboard(address: str) -> None:
+    """Refuses at once what cannot be a dashboard's address: a Ray Client one (ray://),
+    which Ray's Jobs client would spend half a minute connecting to before failing."""
+    if address.startswith("ray://"):
+        raise CaviarError(f"--address {address}: caviar submit sends the sweep to the "
+                          "cluster's dashboard (the Ray Jobs API), so --address must be the "
+                          "dashboard's http:// or https:// address, e.g. http://HEAD:8265; "
+                          "a ray:// address is a Ray Client one, which submit does not use")
+
+
 def submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str, *,
            wait: bool = True, resume: bool = False, storage: str | None = None,
            stream=None) -> tuple[str, str]:
     """Submits the sweep ``name`` (its file's mapping, and the local ``files`` it names);
     returns (job id, final status, or PENDING when not waiting). ``storage``: the
-    trial storage on the cluster (else the sweep's)."""
+    trial storage on the cluster (else the sweep's).
+
+    Raises:
+        CaviarError: ``address`` is a Ray Client one (exit 2).
+        Failure: the dashboard cannot be reached (exit 1).
+    """
+    check_dashboard(address)
+    try:
+        return _submit(name, sweep, files, address, workdir, wait, resume, storage,
+                       stream or sys.stderr)
+    except ConnectionError as e:
+        raise Failure(f"cannot reach the Ray dashboard at {address} ({e}); is the cluster "
+                      "up, and is its dashboard port (8265) reachable?") from None
+
+
+def _submit(name: str, sweep: dict, files: dict[str, Path], address: str, workdir: str,
+            wait: bool, resume: bool, storage: str | None, stream) -> tuple[str, str]:
     use_token_if_any()  # before the client is made: it reads the mode once
     from ray.job_submission import JobSubmissionClient
 
-    stream = stream or sys.stderr
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="caviar-job-") as tmp:
         stage(sweep, files, Path(tmp))

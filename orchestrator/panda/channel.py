@@ -21,7 +21,6 @@ Only the worker writes the lineage and the state; commands only add requests.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import tempfile
@@ -31,10 +30,13 @@ from pathlib import Path
 
 from models.train import load_checkpoint
 from orchestrator.panda.lineage import Branch, Lineage
-from orchestrator.tracking.store import artifact_root, ensure_sqlite_store, store_missing
-from searchspaces.errors import did_you_mean
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, cron mail
+from orchestrator.tracking.store import (
+    artifact_root,
+    ensure_sqlite_store,
+    mlflow_client,
+    store_missing,
+)
+from searchspaces.errors import CaviarError, did_you_mean
 
 CONFIG_FILE, LINEAGE_FILE, CURVE_FILE = "babysit.json", "lineage.json", "curve.png"
 CHECKPOINTS = "checkpoints"
@@ -45,15 +47,13 @@ FINAL_STATES = ("stopped", "completed", "failed")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class BabysitError(Exception):
+class BabysitError(CaviarError):
     """A command asks for what the record does not allow (an unknown run, a stopped
     run, an epoch not checkpointed): bad input, exit 2."""
 
 
 def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
+    return mlflow_client(uri)  # with caviar's MLflow settings: no progress bars in logs
 
 
 def check_name(name: str, what: str = "NAME") -> str:

@@ -28,13 +28,14 @@ from pathlib import Path
 
 from orchestrator.panda import channel
 from orchestrator.panda.channel import BabysitError, Record
+from searchspaces.errors import Failure
 
 STARTUP_S = 180  # a fresh sqlite store and torch's import take a while on a busy machine
 ALIVE_S = 20  # a heartbeat older than this: the worker is gone (it beats every 5 s)
 NAMESPACE, RESTARTS = "caviar", 3
 
 
-class LaunchFailed(Exception):
+class LaunchFailed(Failure):
     """The worker did not start: exit 1 with its log's last lines."""
 
 

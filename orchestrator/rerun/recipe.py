@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 from models.config import RULES
 from models.data import DataSpec
+from searchspaces.errors import CaviarError
 
 METRICS = ("train_loss", "val_loss", "val_accuracy")
 VERSIONS = ("torch", "numpy", "caviar_version")
 
 
-class RerunError(Exception):
+class RerunError(CaviarError):
     """The run named cannot be re-run (unknown, not a trial, no recipe): exit 2."""
 
 

@@ -44,13 +44,15 @@ from orchestrator.tracking.store import (
     registry_client,
     resolve_uri,
 )
+from searchspaces.errors import Failure
+from searchspaces.fields import fail
 
 DECISIONS = ("not_stale", "promoted", "refreshed", "kept", "failed")
 __all__ = ["DECISIONS", "RetuneFailed", "StoreMissing", "run_retune"]
 
 
-class RetuneFailed(Exception):
-    """The job could not finish (the tracking server went away, training failed)."""
+class RetuneFailed(Failure):
+    """The job could not finish (the tracking server went away, training failed): exit 1."""
 
 
 def warm_search(spec: RetuneSpec, start: dict, workdir: Path, uri: str, name: str,
@@ -136,8 +138,8 @@ def _open(spec: RetuneSpec, workdir: Path, tracking_uri: str | None):
     client = registry_client(uri, spec.model)
     try:
         version = production(client, spec.model)  # unknown model, none: bad input, exit 2
-    except RegistryError:
-        raise
+    except RegistryError as e:
+        raise fail(spec.source, "model", str(e)) from None
     except Exception as e:  # noqa: BLE001 - the tracking server is not answering
         raise RetuneFailed(f"MLflow at {uri} is not answering ({type(e).__name__}: "
                            f"{str(e)[:300]}); nothing was changed") from None
@@ -149,8 +151,8 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
                dry_run: bool = False, force: bool = False, storage: str | None = None,
                stream=None) -> dict:
     """Runs the job; returns its report. ``storage``: the search's trial storage (else
-    its sweep's). Raises Locked (exit 3), RegistryError, StoreMissing or SpecError
-    (exit 2), RetuneFailed (exit 1)."""
+    its sweep's). Raises Locked (exit 3), StoreMissing or SpecError (exit 2; a model
+    the registry lacks is the file's key 'model'), RetuneFailed (exit 1)."""
     stream = stream or sys.stderr
     workdir = Path(workdir).expanduser().resolve()
     client, uri, data, version = _open(spec, workdir, tracking_uri)
@@ -167,6 +169,8 @@ def run_retune(spec: RetuneSpec, workdir: str | Path = "./caviar-runs", *,
     except (RegistryError, RetuneFailed) as e:
         report["error"] = str(e)
         _finish_run(client, job.run_id, report, stream)
+        if isinstance(e, RegistryError):
+            raise fail(spec.source, "model", str(e)) from None
         raise
     except Exception as e:  # noqa: BLE001 - recorded, reported, then exit 1
         report["error"] = f"{type(e).__name__}: {str(e)[:500]}"

@@ -1,7 +1,10 @@
 """Sweeps: the sweep file, the driver that runs a study on Ray Tune, and what it leaves.
 
 - ``spec``: the sweep file (SWEEP.yaml), read once, checked whole, frozen sections.
-- ``run``: the driver: from a checked sweep to summary.json, trials.csv and the model.
+- ``paths``: where a sweep keeps what (its folder, Tune's trial storage), checked
+  before a run, moved aside for ``--fresh``.
+- ``run``: the driver on Ray Tune: from a checked sweep to summary.json, trials.csv and
+  the model.
 - ``schedulers``: fifo, asha and pbt, from the sweep's ``scheduler:`` section.
 - ``trainable``: one trial on a Ray worker (``models.train.fit``, checkpointed per epoch).
 - ``records``: the event log (trials.jsonl) and the driver-side callback writing it.

@@ -20,7 +20,13 @@ from orchestrator.sweep.report import SUMMARY_FILE, TRIALS_CSV
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import register_version, version_tags
 from orchestrator.tracking.sink import STATE_FILE, MlflowSink, StateDamaged
-from orchestrator.tracking.store import embedded_uri, redacted, resolve_uri, unredacted
+from orchestrator.tracking.store import (
+    embedded_uri,
+    mlflow_settings,
+    redacted,
+    resolve_uri,
+    unredacted,
+)
 
 MODEL_DIR, PLOTS_DIR = "model", "plots"
 
@@ -52,6 +58,7 @@ def start_tracking(spec, paths, tracking_uri: str | None, budget: int,
     down."""
     if not spec.tracking.enabled:
         return None
+    mlflow_settings()  # before the sink's first call, and the sync process it may start
     uri = resolve_uri(tracking_uri, spec.tracking.uri, paths.workdir)
     sink = MlflowSink(uri, spec.tracking.experiment or spec.name, paths.dir,
                       paths.dir / LOG_FILE, paths.workdir)
@@ -184,6 +191,7 @@ def sync_workdir(workdir: str | Path, tracking_uri: str | None, stream) -> int:
         print(f"caviar: nothing to sync in {workdir}", file=stream)
         return 0
     failed = 0
+    mlflow_settings()  # an unreachable server costs seconds, not minutes
     for d in dirs:
         try:
             state = json.loads((d / STATE_FILE).read_text())

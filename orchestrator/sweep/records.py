@@ -44,6 +44,9 @@ class TrialLog:
         self.trials: dict[str, dict] = {}
         self.ended = 0  # trials whose status is not "running"
         self.round = 0  # the highest round started
+        self._started: dict[str, float] = {}  # trial id -> when it (last) started
+        self._took: dict[str, float] = {}  # trial id -> seconds it ran, once it ended
+        self.took_s = 0.0  # the sum of _took's values
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
@@ -57,6 +60,7 @@ class TrialLog:
         t = self.trials.setdefault(tid, {"trial_id": tid, "config": {}, "round": 0,
                                          "history": {}, "status": "running", "error": None})
         kind, was_running = event["event"], t["status"] == "running"
+        self._time(tid, kind, event.get("time"))
         if kind == "start":
             t["config"] = event["config"]
             t["round"] = event.get("round", 0)
@@ -73,6 +77,23 @@ class TrialLog:
             self.ended -= not was_running
             return
         self.ended += was_running - (t["status"] == "running")
+
+    def _time(self, tid: str, kind: str, at: float | None) -> None:
+        """How long each ended trial ran, from its start and end events' times."""
+        if kind in ("end", "forget"):
+            self.took_s -= self._took.pop(tid, 0.0)
+        if kind == "start" and at is not None:
+            self._started[tid] = at
+        elif kind == "end" and at is not None and tid in self._started:
+            self._took[tid] = max(at - self._started[tid], 0.0)
+            self.took_s += self._took[tid]
+        elif kind == "forget":
+            self._started.pop(tid, None)
+
+    def mean_trial_s(self) -> float | None:
+        """The mean seconds an ended trial ran (failed and stopped early ones too: they
+        spent the budget as well); None before one ended."""
+        return self.took_s / len(self._took) if self._took else None
 
     def append(self, event: dict) -> None:
         self._apply(event)
@@ -97,6 +118,26 @@ class TrialLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def time_left(mean_s: float | None, running: int, pending: int) -> float | None:
+    """Seconds until the budget is spent, estimated from the ended trials' mean duration:
+    each pending trial takes the mean, each running one half of it (on average it is
+    half done), and the trials running now share the work. None before a trial ended,
+    or when nothing is left."""
+    if mean_s is None or running + pending == 0:
+        return None
+    return (pending + running / 2) * mean_s / max(running, 1)
+
+
+def about(seconds: float) -> str:
+    """``about 40 s``, ``about 12 min``, ``about 3 h 5 min``: a rounded duration."""
+    if seconds < 90:
+        return f"about {max(math.ceil(seconds), 1)} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60} min"
 
 
 def trial_status(last: dict, epochs: int) -> str:
@@ -130,7 +171,8 @@ class RecordingCallback(Callback):
     """Driver-side: writes the event log, prints a progress line, prunes checkpoints.
 
     Progress: a line whenever a trial ends, and at most every ``every`` seconds
-    otherwise: round, trials done/running/pending of the budget, best so far.
+    otherwise: round, trials done/running/pending of the budget, best so far, and once
+    a trial ended, an estimate of the time left (``time_left``).
 
     Checkpoints: Tune is told to keep them all, and this callback deletes all but
     the last two of a trial a minute after it ends. Tune's own ``num_to_keep``
@@ -268,6 +310,9 @@ class RecordingCallback(Callback):
         best = self.best()
         best_txt = f"best {self.objective.name} {best[1]:.4g} ({best[0]})" if best \
             else "no result yet"
+        pending = max(self.budget - started, 0)
+        left = time_left(log.mean_trial_s(), started - done, pending)
+        left_txt = "" if left is None else f" | {about(left)} left"
         print(f"caviar: round {log.round} | trials {done} done, {started - done} running, "
-              f"{max(self.budget - started, 0)} pending of {self.budget} | {best_txt}",
+              f"{pending} pending of {self.budget} | {best_txt}{left_txt}",
               file=self.stream or sys.stderr, flush=True)

@@ -1,36 +1,72 @@
 """Running a sweep: a whole study on Ray Tune, from the sweep file to summary.json.
 
-Embedded default: Ray started in-process on the local cores (dashboard off),
-trial storage in ``<workdir>/ray/``. With ``address`` (or ``RAY_ADDRESS``) it
-joins an existing cluster instead; ``storage`` (``--storage``, the sweep's
-``storage:``) puts trial storage on a shared folder or an object store
-(``orchestrator.cluster.storage``). The sweep's own folder (event log,
-summary, plots, model) stays in the workdir, on the driver's machine.
+Embedded default: Ray started in-process on the local cores (dashboard off). With
+``address`` (or ``RAY_ADDRESS``) it joins an existing cluster instead. Where the
+sweep's records and Tune's trial storage live, and their checks before a run, are
+``orchestrator.sweep.paths``; this module drives Tune: the Tuner, its settings, the
+run, and what follows it (the summary, the model, the plots, MLflow).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-# Fast by default: caviar keeps its own records (and MLflow), so Ray's automatic
-# JSON/CSV/TensorBoard loggers only cost time. Set before Tune builds its callbacks.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+from ray import tune
+
+from models.data import load as load_data
+from orchestrator import DEFAULT_WORKDIR
+from orchestrator.cluster.connect import (
+    CLIENT_REFUSED,
+    check_resources,
+    client_address,
+    connect,
+)
+from orchestrator.strategies import make_strategy
+from orchestrator.sweep import export
+from orchestrator.sweep.paths import (
+    SweepError,
+    SweepPaths,
+    check_free_space,
+    check_start,
+    disk_full,
+    move_aside,
+    record_origin,
+    trial_storage,
+    warn_local_storage,
+)
+from orchestrator.sweep.records import (
+    LOG_FILE,
+    ORPHANS,
+    STATE_FILE,
+    RecordingCallback,
+    prune_checkpoints,
+)
+from orchestrator.sweep.report import build_summary, print_top, top_table, write_outputs
+from orchestrator.sweep.schedulers import decision_epochs, make_scheduler, population_space
+from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial
+from orchestrator.tracking.sink import SyncProcess, SyncThread
+from searchspaces.errors import EXIT_INTERRUPTED, CaviarError, SpecError
+
+__all__ = ["DEFAULT_WORKDIR", "SweepError", "SweepInterrupted", "SweepPaths", "run_sweep"]
+
+LARGE_SWEEP = 1000  # trials: past this the snapshot's own cost decides its period
 # The experiment snapshot a --resume starts from, every 5 s (Ray's "auto" may stretch it).
 # What a killed driver did after its last snapshot is not lost: trials Tune never saw
 # are adopted by their re-suggested twins, epochs it never recorded are replayed from
 # checkpoints (trainable.py). Checkpoint pruning (records.py) waits many periods.
 SNAPSHOT_SECONDS = 5
-SNAPSHOT_SET_BY_USER = "TUNE_GLOBAL_CHECKPOINT_S" in os.environ
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_SECONDS))
-LARGE_SWEEP = 1000  # trials: past this the snapshot's own cost decides its period
+SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
+
+
+class SweepInterrupted(CaviarError):
+    """Ctrl-C (or a stop) ended the sweep before its budget: resume it (exit 130)."""
+
+    exit_code, label = EXIT_INTERRUPTED, "interrupted"
 
 
 def snapshot_period(spec: SweepSpec, budget: int) -> str:
@@ -43,191 +79,28 @@ def snapshot_period(spec: SweepSpec, budget: int) -> str:
         return "auto"
     return str(SNAPSHOT_SECONDS)
 
-from ray import tune  # noqa: E402
 
-from models.data import load as load_data  # noqa: E402
-from models.files import atomic_write  # noqa: E402
-from orchestrator.cluster.connect import (  # noqa: E402
-    CLIENT_REFUSED,
-    check_resources,
-    client_address,
-    connect,
-)
-from orchestrator.cluster.storage import Storage  # noqa: E402
-from orchestrator.strategies import make_strategy  # noqa: E402
-from orchestrator.sweep import export  # noqa: E402
-from orchestrator.sweep.records import (  # noqa: E402
-    LOG_FILE,
-    ORPHANS,
-    STATE_FILE,
-    RecordingCallback,
-    prune_checkpoints,
-)
-from orchestrator.sweep.report import build_summary, print_top, top_table, write_outputs  # noqa: E402
-from orchestrator.sweep.schedulers import (  # noqa: E402
-    decision_epochs,
-    make_scheduler,
-    population_space,
-)
-from orchestrator.sweep.spec import SweepSpec  # noqa: E402
-from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial  # noqa: E402
-from orchestrator.tracking.sink import SyncProcess, SyncThread  # noqa: E402
-from searchspaces.errors import SpecError  # noqa: E402
-
-DEFAULT_WORKDIR = "./caviar-runs"
+_SET_HERE: dict[str, str] = {}  # what tune_settings set, to tell it from the user's
 
 
-class SweepError(Exception):
-    """The sweep cannot start or go on; the message says why and what to do (exit 2)."""
-
-
-class DiskFull(Exception):
-    """The disk holding the workdir filled up mid-sweep: exit 1, with the way on."""
-
-
-MIN_FREE_BYTES = 16 * 2**20  # below this the workdir's disk is full for a sweep's purposes
-
-
-def _free(paths: SweepPaths) -> int:
-    paths.workdir.mkdir(parents=True, exist_ok=True)
-    return shutil.disk_usage(paths.workdir).free
-
-
-def check_free_space(spec: SweepSpec, paths: SweepPaths) -> None:
-    """A disk already full is refused before anything is written (exit 2)."""
-    free = _free(paths)
-    if free < MIN_FREE_BYTES:
-        raise SweepError(f"{paths.workdir}: its disk has {free / 2**20:.1f} MB free, under the "
-                         f"{MIN_FREE_BYTES // 2**20} MB a sweep needs for its records and "
-                         "checkpoints: free some space, or pass another --workdir")
-
-
-def _disk_full(spec: SweepSpec, paths: SweepPaths) -> DiskFull | None:
-    """After a sweep failed or lost trials: the reason in one paragraph when it was the
-    disk (a full disk shows up as torch's "unexpected pos", sqlite's "disk is full"...)."""
-    free = _free(paths)
-    if free >= MIN_FREE_BYTES:
-        return None
-    # no .tmp is left: models.files.atomic_path removes its own when a write fails
-    return DiskFull(f"the disk holding {paths.workdir} is full ({free / 2**20:.1f} MB free): "
-                    f"sweep {spec.name!r} stopped with what it had recorded; free some space, "
-                    f"then `caviar sweep {spec.source} --resume --workdir {paths.workdir}`")
-
-
-class SweepInterrupted(Exception):
-    """Ctrl-C (or a stop) ended the sweep before its budget: resume it (exit 130)."""
-
-
-@dataclass(frozen=True)
-class SweepPaths:
-    """Where a sweep keeps what: its own folder, and Ray Tune's trial storage."""
-
-    workdir: Path  # resolved
-    dir: Path  # <workdir>/<name>: the event log, summary.json, trials.csv, plots, model
-    storage: Storage  # Tune's storage_path: <workdir>/ray, a shared folder or s3://...
-    experiment: Storage  # <storage>/<name>: Tune's experiment, a folder per trial
-
-    @classmethod
-    def of(cls, name: str, workdir: str | Path, storage: str | None = None) -> SweepPaths:
-        workdir = Path(workdir).expanduser().resolve()
-        store = Storage(storage or workdir / "ray")
-        return cls(workdir, workdir / name, store, store / name)
+def tune_settings(period: str) -> None:
+    """caviar's settings of Ray Tune, each unless the user set it: Tune's own JSON, CSV
+    and TensorBoard loggers off (caviar keeps its own records, and MLflow: they only
+    cost time), its older console output (``verbose=0`` then prints nothing), and the
+    snapshot ``period``. Tune reads them from the environment as a Tuner builds its
+    callbacks and as ``fit()`` starts, not at import: call this before making one."""
+    wanted = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+              SNAPSHOT_ENV: period}
+    for name, value in wanted.items():
+        if os.environ.get(name, _SET_HERE.get(name)) == _SET_HERE.get(name):
+            os.environ[name] = _SET_HERE[name] = value
 
 
 def trial_dirname(trial) -> str:
-    """Short trial folders (Ray's default packs the whole config into the name)."""
+    """Short trial folders (Ray's default packs the whole config into the name). Tune
+    pickles this function by its name into the experiment snapshot: it stays here, or
+    sweeps started earlier cannot be resumed."""
     return f"trial_{trial.trial_id}"
-
-
-def check_start(spec: SweepSpec, paths: SweepPaths, resume: bool, fresh: bool) -> None:
-    """A resume needs a sweep to resume; a new sweep needs its name free, or ``fresh``
-    (then the old one is moved aside by ``move_aside``). Checks only: changes nothing."""
-    problem = paths.storage.reachable()
-    if problem:
-        raise SweepError(f"trial storage {paths.storage} cannot be used: {problem}. Check "
-                         "the sweep's 'storage' (or --storage) and, for an object store, "
-                         "AWS_ENDPOINT_URL and the credentials in the environment")
-    if resume:
-        if not tune.Tuner.can_restore(*paths.experiment.tune_location()):
-            where = "" if paths.storage.path == paths.workdir / "ray" else \
-                f" (trial storage {paths.storage})"
-            raise SweepError(f"nothing to resume: no sweep {spec.name!r} in {paths.workdir}"
-                             f"{where} (run it without --resume)")
-        _check_origin(spec, paths)
-        return
-    if not (paths.experiment.exists() or (paths.dir / LOG_FILE).exists()):
-        return
-    if not fresh:
-        raise SweepError(f"sweep {spec.name!r} already exists in {paths.workdir}: "
-                         "--resume to continue it, --fresh to start over (the old one is "
-                         "moved aside), or change 'name'")
-
-
-ORIGIN_FILE = "origin.json"  # where the sweep was started: Tune's snapshot holds that path
-
-
-def _check_origin(spec: SweepSpec, paths: SweepPaths) -> None:
-    """Refuses to resume a sweep whose workdir was moved or copied: Tune's snapshot
-    (a pickle) holds the old paths, so the resumed driver would write its event log and
-    strategy state there, into the original of a copy."""
-    origin = paths.dir / ORIGIN_FILE
-    if not origin.exists():
-        return  # started by an earlier caviar, which did not record it
-    started_in = json.loads(origin.read_text()).get("workdir")
-    if started_in != str(paths.workdir):
-        raise SweepError(f"sweep {spec.name!r} was started in {started_in} and has been moved "
-                         f"or copied to {paths.workdir}: Ray Tune's snapshot keeps the old "
-                         "paths, so a resume here would write into the old place. Resume it "
-                         f"in {started_in} (move it back), or start over here with --fresh")
-
-
-def record_origin(paths: SweepPaths) -> None:
-    if not (paths.dir / ORIGIN_FILE).exists():
-        atomic_write(paths.dir / ORIGIN_FILE, json.dumps(
-            {"workdir": str(paths.workdir), "storage": str(paths.storage)}))
-
-
-def started_storage(name: str, workdir: str | Path) -> str | None:
-    """The trial storage the sweep ``name`` in ``workdir`` was started with (a resume
-    goes on there unless told otherwise); None when unknown."""
-    origin = Path(workdir).expanduser().resolve() / name / ORIGIN_FILE
-    try:
-        return json.loads(origin.read_text()).get("storage")
-    except (OSError, ValueError):
-        return None
-
-
-def trial_storage(spec: SweepSpec, workdir: str | Path, storage: str | None,
-                  resume: bool) -> str | None:
-    """The sweep's trial storage: ``storage`` (checked), else the sweep's; on resume the
-    one it started with, and nothing else. None: the default, ``<workdir>/ray``."""
-    from orchestrator.cluster.storage import check_location
-
-    if storage is not None:
-        problem = check_location(storage)
-        if problem:
-            raise SweepError(f"--storage: {problem}")
-    chosen = storage or spec.storage
-    started = started_storage(spec.name, workdir) if resume else None
-    if started is None:
-        return chosen
-    if chosen is not None and Storage(chosen) != Storage(started):
-        raise SweepError(f"sweep {spec.name!r} was started with its trials in {started}; "
-                         f"resuming it with {chosen} (from --storage, $CAVIAR_STORAGE or "
-                         f"its file) would find none of them: resume with {started}, or "
-                         "start over there with --fresh")
-    return started
-
-
-def move_aside(paths: SweepPaths) -> None:
-    """``--fresh``: the earlier sweep of the name moved aside, stamped with the time. Done
-    only once the whole input is checked: a bad data file must not cost the old sweep."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if paths.dir.exists():
-        shutil.move(str(paths.dir), str(paths.dir.with_name(f"{paths.dir.name}.old-{stamp}")))
-    name = paths.experiment.name
-    if paths.storage.exists(name):
-        paths.storage.move(name, paths.storage / f"{name}.old-{stamp}")
 
 
 def report_every() -> float:
@@ -246,22 +119,6 @@ def report_every() -> float:
     return value
 
 
-
-def warn_local_storage(paths: SweepPaths, stream) -> None:
-    """On a cluster of several nodes, trial storage on this machine's disk is a mistake
-    unless it is a shared mount: trials on other nodes write their checkpoints (and
-    best.pt, which the model is exported from) to their own disks."""
-    import ray
-
-    if paths.storage.remote or len([n for n in ray.nodes() if n.get("Alive")]) < 2:
-        return
-    print(f"caviar: warning: trial storage {paths.storage} is a folder, and this cluster has "
-          "several nodes: unless it is mounted at that path on every node (NFS), trials "
-          "elsewhere keep their checkpoints on their own disks (no resume elsewhere, no "
-          "exported model). Use an object store: --storage s3://BUCKET/PREFIX",
-          file=stream, flush=True)
-
-
 def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool, stream,
                every: float = REPORT_EVERY_S):
     """Tune's Tuner for the sweep: a new one, or the one a dead driver left (resume).
@@ -277,8 +134,7 @@ def make_tuner(spec: SweepSpec, paths: SweepPaths, strategy, data, resume: bool,
     if spec.scheduler.kind == "pbt":
         # Ray's PBT takes no search algorithm: the strategy draws the population up front.
         search_alg, num_samples, param_space = None, 1, population_space(strategy)
-    if not SNAPSHOT_SET_BY_USER:  # read by Tune as fit() starts
-        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period(spec, strategy.budget)
+    tune_settings(snapshot_period(spec, strategy.budget))
     if resume:
         try:
             path, filesystem = paths.experiment.tune_location()
@@ -388,11 +244,11 @@ def _fit(tuner, spec: SweepSpec, paths: SweepPaths):
     try:
         results = tuner.fit()
     except Exception as e:
-        full = _disk_full(spec, paths)
+        full = disk_full(spec, paths)
         if full is not None:
             raise full from e
         raise
-    full = _disk_full(spec, paths) if results.errors else None
+    full = disk_full(spec, paths) if results.errors else None
     if full is not None:
         raise full
     return results

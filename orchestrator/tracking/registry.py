@@ -23,12 +23,16 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from orchestrator.tracking.store import mlflow_client, mlflow_settings
+from searchspaces.errors import EXIT_LOCKED, CaviarError
+
 PRODUCTION, PREVIOUS = "production", "previous"
 LOCK_PREFIX = "caviar-lock."
 
 
-class RegistryError(Exception):
-    """The registry does not hold what was asked for (a model, a version, an alias)."""
+class RegistryError(CaviarError):
+    """The registry does not hold what was asked for (a model, a version, an alias):
+    bad input (exit 2)."""
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
@@ -72,15 +76,14 @@ def download_model(uri: str, model_uri: str, dst: str | Path | None = None) -> P
     """The files of ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``runs:/ID/PATH``,
     downloaded from the registry at ``uri``."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # cron mail
+    mlflow_settings()  # no progress bar in cron mail
     source = model_uri
     if model_uri.startswith("models:/"):
         # The version's own source, looked up here: MLflow's models:/ download reads the
         # process-wide tracking URI, which this would otherwise have to set for everyone.
-        client = MlflowClient(uri, registry_uri=uri)
+        client = mlflow_client(uri, registry=True)
         name, version = get_model_name_and_version(client, model_uri)
         source = client.get_model_version(name, version).source
     return Path(mlflow.artifacts.download_artifacts(
@@ -170,8 +173,10 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
-class Locked(Exception):
-    """Another process holds the lock; the message says who and until when."""
+class Locked(CaviarError):
+    """Another process holds the lock; the message says who and until when (exit 3)."""
+
+    exit_code, label = EXIT_LOCKED, "locked"
 
 
 class Lock:

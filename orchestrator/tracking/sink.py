@@ -26,6 +26,7 @@ from pathlib import Path
 
 from models.files import atomic_write
 from orchestrator.tracking.store import artifact_root, ensure_sqlite_store, redacted
+from searchspaces.errors import CaviarError
 from searchspaces.trial import ROUND_KEY, SEED_KEY, hyperparameters
 
 STATE_FILE = "mlflow.json"
@@ -50,7 +51,7 @@ def _events(lines: bytes) -> list[dict]:
     return [e for e in out if isinstance(e, dict) and "trial_id" in e and "event" in e]
 
 
-class StateDamaged(Exception):
+class StateDamaged(CaviarError):
     """The sweep's mlflow.json is damaged and MLflow cannot rebuild it: bad input (exit 2),
     with the way out in the message."""
 

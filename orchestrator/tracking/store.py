@@ -16,16 +16,39 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-# A server that does not answer should cost seconds, not MLflow's default minutes of
-# retries: the sync thread retries on its own, and the records wait on disk meanwhile.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from searchspaces.errors import CaviarError
 
 DB_FILE, ARTIFACTS_DIR = "mlflow.db", "mlartifacts"
+MLFLOW_SETTINGS = {
+    # A server that does not answer should cost seconds, not MLflow's default minutes
+    # of retries: the sync thread retries on its own, and the records wait on disk.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # No progress bars when artifacts move: they fill logs and cron mail.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
-class StoreMissing(Exception):
+class StoreMissing(CaviarError):
     """The embedded store named (by --workdir) does not exist: bad input (exit 2)."""
+
+
+def mlflow_settings() -> None:
+    """caviar's MLflow settings (MLFLOW_SETTINGS), each unless the user set it. MLflow
+    reads them at each request and artifact transfer, not at import: call this before
+    caviar's first call to MLflow (``mlflow_client`` does), and before starting a process that
+    calls it (it inherits them)."""
+    for name, value in MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
+def mlflow_client(uri: str, registry: bool = False):
+    """An ``MlflowClient`` of ``uri`` (its model registry too, with ``registry``), with
+    caviar's MLflow settings made."""
+    from mlflow import MlflowClient
+
+    mlflow_settings()
+    return MlflowClient(uri, registry_uri=uri if registry else None)
 
 
 def embedded_uri(workdir: str | Path) -> str:
@@ -206,6 +229,4 @@ def registry_client(uri: str, model: str | None = None):
     """An MlflowClient on ``uri`` for the model registry, which must exist (check_store)."""
     check_store(uri, model)
     ensure_sqlite_store(uri)
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri, registry_uri=uri)
+    return mlflow_client(uri, registry=True)

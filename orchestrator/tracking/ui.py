@@ -16,10 +16,12 @@ from orchestrator.tracking.store import (
     StoreMissing,
     embedded_uri,
     ensure_sqlite_store,
+    mlflow_client,
 )
+from searchspaces.errors import CaviarError
 
 
-class PortTaken(Exception):
+class PortTaken(CaviarError):
     """Something listens on the port already: bad input (exit 2)."""
 
 
@@ -68,7 +70,5 @@ def stop_ui(server: subprocess.Popen, grace_s: float = 20.0) -> None:
 def sweep_pages(uri: str, url: str) -> list[str]:
     """Each sweep's runs page: the parent, its trials nested under it. (MLflow 3's UI
     opens an experiment on its GenAI overview, not its runs.)"""
-    from mlflow import MlflowClient
-
     return [f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs"
-            for exp in MlflowClient(uri).search_experiments() if exp.name != "Default"]
+            for exp in mlflow_client(uri).search_experiments() if exp.name != "Default"]

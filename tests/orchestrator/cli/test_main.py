@@ -249,6 +249,88 @@ def test_caviar_debug_does_not_change_bad_input(capsys, monkeypatch, tmp_path):
     assert_one_paragraph_error(err, "no MLflow store at")
 
 
+ERRORS = [  # every caviar error: (module, class, exit code, first word of its message)
+    ("searchspaces.errors", "SpecError", 2, "error"),
+    ("models.data", "DataError", 2, "error"),
+    ("orchestrator.cli._common", "UsageError", 2, "error"),
+    ("orchestrator.tracking.store", "StoreMissing", 2, "error"),
+    ("orchestrator.tracking.registry", "RegistryError", 2, "error"),
+    ("orchestrator.tracking.sink", "StateDamaged", 2, "error"),
+    ("orchestrator.tracking.ui", "PortTaken", 2, "error"),
+    ("orchestrator.panda.channel", "BabysitError", 2, "error"),
+    ("orchestrator.rerun.recipe", "RerunError", 2, "error"),
+    ("orchestrator.sweep.paths", "SweepError", 2, "error"),
+    ("orchestrator.sweep.paths", "DiskFull", 1, "failed"),
+    ("orchestrator.retune.job", "RetuneFailed", 1, "failed"),
+    ("orchestrator.panda.launch", "LaunchFailed", 1, "failed"),
+    ("orchestrator.tracking.registry", "Locked", 3, "locked"),
+    ("orchestrator.sweep.run", "SweepInterrupted", 130, "interrupted"),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "code", "label"), ERRORS,
+                         ids=[e[1] for e in ERRORS])
+def test_every_caviar_error_is_a_caviar_error_carrying_its_exit_code(module, name, code,
+                                                                      label):
+    import importlib
+
+    from searchspaces.errors import CaviarError
+
+    error = getattr(importlib.import_module(module), name)
+    assert issubclass(error, CaviarError)
+    assert (error.exit_code, error.label) == (code, label)
+
+
+def test_no_exception_class_in_caviar_bypasses_caviar_error():
+    """An exception class that derives from a built-in one alone would be a failure
+    (exit 1) whatever it means: each derives from CaviarError (or Failure), and the table
+    above names it."""
+    import ast
+    import builtins
+
+    builtin = {n for n, v in vars(builtins).items()
+               if isinstance(v, type) and issubclass(v, BaseException)}
+    found = set()
+    for package in ("searchspaces", "models", "orchestrator"):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                bases = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
+                if bases & builtin:
+                    found.add(node.name)
+                    assert bases - builtin or node.name == "CaviarError", (
+                        f"{path.relative_to(REPO)}: {node.name} derives from "
+                        f"{sorted(bases)} only: make it a CaviarError")
+    assert found - {"CaviarError"} <= {e[1] for e in ERRORS}
+
+
+@pytest.mark.parametrize("error", [
+    ("searchspaces.errors", "Failure", "the disk is full; free some space"),
+    ("orchestrator.tracking.registry", "Locked", "model 'm' is locked by test"),
+    ("orchestrator.sweep.run", "SweepInterrupted", "sweep 's' stopped before its end"),
+    ("orchestrator.cli._common", "UsageError", "--epochs must be >= 1, got 0"),
+], ids=lambda e: e[1])
+def test_main_prints_a_caviar_error_as_its_label_and_message_and_exits_with_its_code(
+        capsys, monkeypatch, error):
+    """Even with CAVIAR_DEBUG=1: an error caviar expects is not a traceback."""
+    import importlib
+
+    from orchestrator.cli import sweeps
+
+    module, name, message = error
+    raised = getattr(importlib.import_module(module), name)(message)
+
+    def handler(args):
+        raise raised
+
+    monkeypatch.setattr(sweeps, "cmd_sync", handler)  # the parser is built after this
+    monkeypatch.setenv("CAVIAR_DEBUG", "1")
+    code, out, err = run_main(capsys, "sync")
+    assert (code, out) == (raised.exit_code, "")
+    assert err == f"caviar: {raised.label}: {message}\n"
+
+
 # --- the real process ---------------------------------------------------------------------
 
 def env_without_debug(**extra: str) -> dict:

@@ -182,7 +182,7 @@ def test_a_sweep_file_takes_only_an_absolute_folder(tmp_path):
 
 
 def test_a_resume_goes_on_in_the_storage_it_started_with_and_refuses_another(tmp_path):
-    from orchestrator.sweep.run import SweepError, trial_storage
+    from orchestrator.sweep.paths import SweepError, trial_storage
     from orchestrator.sweep.spec import parse_sweep
 
     spec = parse_sweep(sweep_dict(), "s.yaml", tmp_path)

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, assert_one_paragraph_error, free_port, run_main
 from ray.cluster_utils import Cluster
 from services import free_ports
 
@@ -68,6 +69,18 @@ def test_submit_to_nothing_fails_clearly(write_sweep):
         timeout=120)
     assert done.returncode == 1
     assert "cannot reach the Ray dashboard" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_submit_refuses_a_ray_client_address_at_once(write_sweep, capsys):
+    """A ray:// address is bad input, told before anything connects: Ray's Jobs client
+    would wait half a minute on a Ray Client connection, then fail with exit 1."""
+    address = f"ray://127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    code, out, err = run_main(capsys, "submit", write_sweep(), "--address", address)
+    assert (code, out) == (2, "")
+    assert_one_paragraph_error(err, f"--address {address}: ", "the dashboard's http:// or "
+                               "https:// address, e.g. http://HEAD:8265", "Ray Client")
+    assert time.monotonic() - began < 20  # no connection was tried
 
 
 @pytest.mark.parametrize(("kw", "tail"), [

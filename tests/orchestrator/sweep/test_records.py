@@ -12,6 +12,7 @@ import io
 import json
 import math
 import pickle
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +25,9 @@ from orchestrator.sweep.records import (
     ORPHANS,
     RecordingCallback,
     TrialLog,
+    about,
     prune_checkpoints,
+    time_left,
     trial_status,
 )
 
@@ -345,11 +348,15 @@ def test_the_callback_records_tune_events_and_prints_progress(tmp_path, monkeypa
     assert (events[5]["status"], events[5]["error"]) == ("failed", "error")
     # the first result prints (the machine has been up for more than `every` seconds), the
     # second comes within `every` of it and does not; each end prints
-    lines = progress.read_text().splitlines()
+    # once a trial ended, the line ends with the time left (its figure: the tests below)
+    lines = [re.sub(r" \| about \d+ s left$", " | about N s left", line)
+             for line in progress.read_text().splitlines()]
     assert lines == [
         "caviar: round 0 | trials 0 done, 2 running, 1 pending of 3 | best val_loss 0.8 (a)",
-        "caviar: round 0 | trials 1 done, 1 running, 1 pending of 3 | best val_loss 0.5 (a)",
-        "caviar: round 0 | trials 2 done, 0 running, 1 pending of 3 | best val_loss 0.5 (a)",
+        "caviar: round 0 | trials 1 done, 1 running, 1 pending of 3 | best val_loss 0.5 (a) "
+        "| about N s left",
+        "caviar: round 0 | trials 2 done, 0 running, 1 pending of 3 | best val_loss 0.5 (a) "
+        "| about N s left",
     ]
 
 
@@ -410,7 +417,70 @@ def test_many_quick_ends_print_one_line_every_few_seconds_with_counts_kept_not_s
         cb.on_experiment_end(trials)
     lines = progress.read_text().splitlines()
     assert len(lines) == 2, lines[:5]  # the first end, then the one forced here
-    assert lines[-1] == ("caviar: round 1 | trials 1999 done, 1 running, 500 pending of "
-                         "2500 | best val_loss 1 (t777)")
+    assert re.fullmatch(r"caviar: round 1 \| trials 1999 done, 1 running, 500 pending of "
+                        r"2500 \| best val_loss 1 \(t777\) \| about \d+ s left", lines[-1])
     log = TrialLog(tmp_path / LOG_FILE)
     assert log.ended == sum(t["status"] != "running" for t in log.trials.values()) == 1999
+
+
+# -- the time left -----------------------------------------------------------------------
+
+
+def timed(event: dict, at: float) -> dict:
+    return {**event, "time": at}
+
+
+def test_the_log_keeps_the_mean_time_ended_trials_ran(tmp_path):
+    log = TrialLog(tmp_path / LOG_FILE)
+    assert log.mean_trial_s() is None
+    log.append(timed(start("a"), 100.0))
+    log.append(timed(start("b"), 110.0))
+    log.append(timed(result("a", 1, val_loss=0.5), 120.0))
+    assert log.mean_trial_s() is None  # nothing ended yet
+    log.append(timed(end("a", "completed"), 130.0))  # 30 s
+    log.append(timed(end("b", "failed"), 200.0))  # 90 s: a failed trial spent time too
+    assert log.mean_trial_s() == pytest.approx(60.0)
+    log.append(timed(start("b", restarted=True), 300.0))  # restarted: it runs again
+    log.append(timed(end("b", "completed"), 310.0))  # its last run, 10 s, counts
+    assert log.mean_trial_s() == pytest.approx(20.0)
+    log.append({"event": "forget", "trial_id": "a", "time": 320.0})
+    assert log.mean_trial_s() == pytest.approx(10.0)
+    log.close()
+    assert TrialLog(tmp_path / LOG_FILE).mean_trial_s() == pytest.approx(10.0)  # replayed
+
+
+@pytest.mark.parametrize(("mean", "running", "pending", "left"), [
+    (None, 2, 5, None),  # no trial ended: no estimate
+    (60.0, 0, 0, None),  # nothing left
+    (60.0, 4, 8, (8 + 2) * 60.0 / 4),  # pending ones whole, running ones half, 4 at a time
+    (60.0, 1, 3, (3 + 0.5) * 60.0),
+    (60.0, 0, 3, 3 * 60.0),  # between trials: as if one ran at a time
+])
+def test_time_left_counts_pending_trials_whole_and_running_ones_half(mean, running, pending,
+                                                                     left):
+    assert time_left(mean, running, pending) == (None if left is None else pytest.approx(left))
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.002, "about 1 s"), (41.2, "about 42 s"), (89.0, "about 89 s"), (95.0, "about 2 min"),
+    (3000.0, "about 50 min"), (5400.0, "about 1 h 30 min"), (11100.0, "about 3 h 5 min"),
+])
+def test_about_rounds_a_duration_to_its_unit(seconds, text):
+    assert about(seconds) == text
+
+
+def test_the_progress_line_ends_with_the_time_left_once_a_trial_ended(tmp_path, monkeypatch):
+    """Two trials of a budget of 11 ran 40 s and 80 s (60 s on average); two run, seven
+    wait: the seven whole and the two running ones half done, two at a time, is
+    (7 + 2 / 2) * 60 / 2 = 240 s."""
+    monkeypatch.setattr(records, "FORCED_EVERY", 0.0)
+    path = tmp_path / LOG_FILE
+    write_log(path, [timed(start("a"), 0.0), timed(start("b"), 0.0),
+                     timed(result("a", 1, val_loss=0.5), 10.0), timed(end("a", "completed"), 40.0),
+                     timed(end("b", "early_stopped"), 80.0), timed(start("c"), 80.0),
+                     timed(start("d"), 80.0)])
+    stream = io.StringIO()
+    cb = RecordingCallback(str(path), MIN, epochs=2, budget=11, stream=stream)
+    cb._progress([], force=True)
+    assert stream.getvalue() == ("caviar: round 0 | trials 2 done, 2 running, 7 pending of 11 "
+                                 "| best val_loss 0.5 (a) | about 4 min left\n")

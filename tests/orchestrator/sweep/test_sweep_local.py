@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import read_events
 
-from orchestrator.sweep.run import SweepError, run_sweep
+from orchestrator.sweep.paths import SweepError
+from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
 from searchspaces import SpecError
 
@@ -226,7 +227,7 @@ def small_disk(tmp_path):
 
 
 def test_a_disk_that_fills_mid_sweep_ends_it_in_one_paragraph(write_sweep, small_disk):
-    from orchestrator.sweep.run import DiskFull
+    from orchestrator.sweep.paths import DiskFull
 
     # nets of 1,500 units: a checkpoint is ~27 MB, so the first trial fills 40 MB
     spec = load_sweep(write_sweep(strategy={"kind": "random", "trials": 3}, epochs=3,

@@ -296,12 +296,12 @@ def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out
     err = capsys.readouterr().err
     assert f"{d / STATE_FILE}: damaged (not the JSON caviar wrote)" in err
     assert f"mv {d / STATE_FILE} {d / STATE_FILE}.bad" in err and "Traceback" not in err
-    from orchestrator.cli import _bad_input
     from orchestrator.tracking.sink import MlflowSink, StateDamaged
+    from searchspaces.errors import EXIT_BAD_INPUT
 
     with pytest.raises(StateDamaged, match="could not be rebuilt"):  # a resume: exit 2
         MlflowSink(other, "s", d, d / "trials.jsonl", tmp_path / "w")
-    assert StateDamaged in _bad_input()
+    assert StateDamaged.exit_code == EXIT_BAD_INPUT
 
 
 def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_back(tmp_path):
