@@ -2,7 +2,7 @@
 
 - ``start``: a new babysat run (checked, then its name taken, its record made and its
   worker launched), and ``start --resume``'s new worker for a run whose worker is gone.
-- ``requests``: nudge, pause, unpause, revert and stop, checked and queued for the
+- ``requests``: nudge, pause and go on, revert and stop, checked and queued for the
   worker; waiting for its answer.
 - ``register``: any epoch as a model version.
 - ``status``: a run as one object (what ``babysit status`` shows), as text, and every

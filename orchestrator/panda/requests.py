@@ -1,4 +1,4 @@
-"""What a person asks of a babysat run: nudge, pause, unpause (``babysit resume``),
+"""What a person asks of a babysat run: nudge, pause (and go on: ``babysit resume``),
 revert and stop. Each is checked against the run's record and queued for its worker
 (``Record.post``), which applies it at the next epoch boundary; nothing else is
 written. A stop of a run whose worker is gone is the exception: no worker will take

@@ -37,7 +37,8 @@ def test_a_run_without_a_name_gets_its_sweeps_first_free_one():
 def test_bad_input_is_refused_before_anything_is_taken_or_written(
         args, fragments, tmp_path, capsys, no_outside_services):
     files = {"SWEEP": sweep_dict(name="bs"), "LONG": sweep_dict(name="s" * 62),
-             "NODATA": sweep_dict(name="bs", data={"source": "csv", "path": "no-such.csv"})}
+             "NODATA": sweep_dict(name="bs", data={"source": "csv", "path": "no-such.csv",
+                                                     "label": "y"})}
     for key, d in files.items():
         (tmp_path / f"{key}.yaml").write_text(yaml.safe_dump(d))
     argv = [str(tmp_path / f"{a}.yaml") if a in files else a for a in args]
