@@ -15,7 +15,9 @@ epoch, so a branch forked at epoch 3 goes on at step 4), per-epoch metrics inclu
 The parent holds ``babysit.json`` (what to train), ``lineage.json`` (the branches and
 every decision) and ``curve.png``; its tags hold the state, the epoch, where the worker
 runs, a heartbeat, and the pending requests (``caviar.request.<id>``, one JSON each).
-Only the worker writes the lineage and the state; commands only add requests.
+Only the worker writes the lineage and the state while it runs; commands add requests.
+When its worker is gone, ``stop`` and ``register`` (``panda.requests``,
+``panda.register``) write what the worker would have.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ STATE, EPOCH, BRANCH = "caviar.state", "caviar.epoch", "caviar.branch"
 HEARTBEAT, WHERE = "caviar.heartbeat", "caviar.where"
 FINAL_STATES = ("stopped", "completed", "failed")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+KIND, BABYSIT, SWEEP = "caviar.kind", "caviar.babysit", "caviar.sweep"  # the parent's
+BRANCH_STATUS, FORKED_FROM = "caviar.status", "caviar.forked_from"  # a branch run's
 
 
 class BabysitError(CaviarError):
@@ -57,10 +61,17 @@ def _client(uri: str):
 
 
 def check_name(name: str, what: str = "NAME") -> str:
+    """``name`` when it is a babysat run's name (it names a lock, a folder and a Ray
+    actor too); BabysitError naming ``what`` (the flag) and the rule if not."""
     if not NAME_RULE.match(name):
         raise BabysitError(f"{what} {name!r}: a babysat run's name is 1 to 63 letters, digits, "
                            "'.', '_' or '-', starting with a letter or digit")
     return name
+
+
+def reached(tags: dict) -> int:
+    """The epochs the run has trained, as its tags say."""
+    return int(tags.get(EPOCH, 0))
 
 
 def _checkpoint_file(epoch: int) -> str:
@@ -79,9 +90,9 @@ class Record:
     @classmethod
     def find(cls, uri: str, name: str) -> Record:
         """The babysat run named ``name``; BabysitError naming the known ones if none."""
-        runs = babysat_runs(uri, f"tags.`caviar.babysit` = '{check_name(name)}'")
+        runs = babysat_runs(uri, f"tags.`{BABYSIT}` = '{check_name(name)}'")
         if not runs:
-            known = [r.data.tags["caviar.babysit"] for r in babysat_runs(uri)]
+            known = [r.data.tags[BABYSIT] for r in babysat_runs(uri)]
             raise BabysitError(f"no babysat run {name!r} in {uri}{did_you_mean(name, known)}"
                                + (f"; there are: {', '.join(sorted(known))}" if known else
                                   "; `caviar babysit start SWEEP.yaml` starts one"))
@@ -97,8 +108,8 @@ class Record:
             experiment, artifact_location=artifact_root(uri, workdir))
         name = config["name"]
         parent = client.create_run(exp_id, run_name=name, tags={
-            "caviar.kind": "babysit", "caviar.babysit": name, "caviar.sweep": config["sweep"],
-            STATE: "starting", EPOCH: "0", BRANCH: "b0"})
+            KIND: "babysit", BABYSIT: name, SWEEP: config["sweep"], STATE: "starting",
+            EPOCH: "0", BRANCH: "b0"})
         record = cls(uri, parent.info.run_id)
         client.log_batch(record.run_id, params=_params(config))
         client.log_dict(record.run_id, config, CONFIG_FILE)
@@ -109,11 +120,11 @@ class Record:
 
     def new_branch(self, branch_id: str, parent: str | None, from_epoch: int) -> Branch:
         """A child run for a branch (it holds that branch's epochs and checkpoints)."""
-        name = self.tags().get("caviar.babysit", "")
+        name = self.tags().get(BABYSIT, "")
         run = self.client.create_run(self.experiment_id, run_name=f"{name}/{branch_id}", tags={
-            "mlflow.parentRunId": self.run_id, "caviar.kind": "branch",
-            "caviar.babysit": name, BRANCH: branch_id, "caviar.status": "running",
-            "caviar.forked_from": f"{parent}@{from_epoch}" if parent else ""})
+            "mlflow.parentRunId": self.run_id, KIND: "branch", BABYSIT: name,
+            BRANCH: branch_id, BRANCH_STATUS: "running",
+            FORKED_FROM: f"{parent}@{from_epoch}" if parent else ""})
         return Branch(branch_id, run.info.run_id, parent, from_epoch)
 
     @property
@@ -181,6 +192,25 @@ class Record:
                 branch.run_id, f"{CHECKPOINTS}/{_checkpoint_file(epoch)}", d)
             return load_checkpoint(path)
 
+    def newest_checkpoint(self, lineage: Lineage) -> dict | None:
+        """The newest checkpoint of the current branch's line: the branch's own, else
+        the one it forked from; None for a run that has none yet."""
+        branch = lineage.branch()
+        held = self.checkpoint_epochs(branch)
+        if held:
+            return self.load_checkpoint(branch, held[-1])
+        if branch.parent is not None:
+            return self.load_checkpoint(lineage.owner(branch.from_epoch, branch.parent),
+                                        branch.from_epoch)
+        return None
+
+    def keep_newest(self, branch: Branch, keep: int, also: set[int]) -> None:
+        """Deletes the branch's checkpoints but the newest ``keep``, epoch 0 and ``also``
+        (the epochs other branches forked from: any revert on record still works)."""
+        for epoch in self.checkpoint_epochs(branch)[:-keep]:
+            if epoch not in also and epoch != 0:
+                self.delete_checkpoint(branch, epoch)
+
     def delete_checkpoint(self, branch: Branch, epoch: int) -> None:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -200,6 +230,14 @@ class Record:
     def epochs_logged(self, branch: Branch) -> list[int]:
         return sorted(m.step for m in self.client.get_metric_history(branch.run_id, "val_loss"))
 
+    def log_missing_epochs(self, branch: Branch, history: list[dict]) -> None:
+        """Logs the epochs of ``history`` (a checkpoint's) on the branch that MLflow lacks:
+        a worker killed between writing a checkpoint and logging its epoch."""
+        logged = set(self.epochs_logged(branch))
+        for m in history:
+            if m["epoch"] > branch.from_epoch and m["epoch"] not in logged:
+                self.log_epoch(branch, m)
+
     def history(self, branch: Branch, keys: tuple[str, ...]) -> dict[int, dict]:
         """{epoch: {key: value}} as the branch's run recorded them."""
         out: dict[int, dict] = {}
@@ -216,10 +254,21 @@ class Record:
             self.client.delete_run(run.info.run_id)
         self.client.delete_run(self.run_id)
 
-    def end_branch(self, branch: Branch, status: str) -> None:
+    def set_branch_status(self, branch: Branch, status: str) -> None:
         branch.status = status
-        self.client.set_tag(branch.run_id, "caviar.status", status)
+        self.client.set_tag(branch.run_id, BRANCH_STATUS, status)
+
+    def end_branch(self, branch: Branch, status: str) -> None:
+        self.set_branch_status(branch, status)
         self.client.set_terminated(branch.run_id, "FINISHED")
+
+    def close(self, lineage: Lineage, state: str) -> None:
+        """The run's end on record: its current branch ended as ``state``, the lineage
+        saved, then the state (never ahead of the lineage), then the run finished."""
+        self.end_branch(lineage.branch(), state)
+        self.save_lineage(lineage)
+        self.set_tags(**{STATE: state})
+        self.client.set_terminated(self.run_id, "FINISHED")
 
 
 def _params(config: dict) -> list:
@@ -241,5 +290,5 @@ def babysat_runs(uri: str, where: str = "") -> list:
     ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return []
-    query = "tags.`caviar.kind` = 'babysit'" + (f" and {where}" if where else "")
+    query = f"tags.`{KIND}` = 'babysit'" + (f" and {where}" if where else "")
     return client.search_runs(ids, query, order_by=["attributes.start_time DESC"])

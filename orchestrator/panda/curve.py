@@ -4,9 +4,12 @@ marked at the epoch it took effect from. Logged to the parent run as ``curve.png
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from pathlib import Path
 
 from models.files import atomic_path
+from orchestrator.panda.channel import CURVE_FILE, Record
 from orchestrator.panda.lineage import Lineage
 
 
@@ -66,3 +69,16 @@ def plot_curve(lineage: Lineage, histories: dict[str, dict[int, dict]], out: Pat
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return out
+
+
+def log_curve(record: Record, lineage: Lineage) -> None:
+    """The curve of every branch as the parent run's ``curve.png``; a failure is said,
+    not raised (the record stands without its picture)."""
+    try:
+        histories = {b.id: record.history(b, ("train_loss", "val_loss"))
+                     for b in lineage.branches}
+        with tempfile.TemporaryDirectory(prefix="caviar-") as d:
+            out = plot_curve(lineage, histories, Path(d) / CURVE_FILE)
+            record.client.log_artifact(record.run_id, str(out))
+    except Exception as e:  # noqa: BLE001 - the record stands without its picture
+        print(f"caviar: could not draw the curve ({type(e).__name__}: {e})", file=sys.stderr)

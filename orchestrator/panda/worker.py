@@ -23,19 +23,17 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from dataclasses import asdict, replace
-from pathlib import Path
 
 from models.config import HParams, MLPConfig
 from models.train import TrainingRun, resolve_device
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.panda import channel
 from orchestrator.panda.channel import Record
-from orchestrator.panda.curve import plot_curve
+from orchestrator.panda.curve import log_curve
 
 POLL_S = 1.0  # how often a paused run looks for requests
 HEARTBEAT_S = 5.0
@@ -108,24 +106,15 @@ class Worker:
         """Continues from the newest checkpoint on the current branch's line, with the
         hyperparameters then in force; logs epochs the checkpoint holds but MLflow lacks."""
         branch = self.lineage.branch()
-        state, held = None, self.record.checkpoint_epochs(branch)
-        if held:
-            state = self.record.load_checkpoint(branch, held[-1])
-        elif branch.parent is not None:
-            state = self.record.load_checkpoint(
-                self.lineage.owner(branch.from_epoch, branch.parent), branch.from_epoch)
+        state = self.record.newest_checkpoint(self.lineage)
         if state is None:
             self.record.save_checkpoint(branch, self.run)  # epoch 0: day 0 to go back to
         else:
             self.run.load_state_dict(state)
             self.run.set_hparams(HParams(**self.lineage.hparams))
-            logged = set(self.record.epochs_logged(branch))
-            for m in self.run.history:
-                if m["epoch"] > branch.from_epoch and m["epoch"] not in logged:
-                    self.record.log_epoch(branch, m)
+            self.record.log_missing_epochs(branch, self.run.history)
         if branch.status != "running":  # a stopped or completed run given more epochs
-            branch.status = "running"
-            self.record.client.set_tag(branch.run_id, "caviar.status", "running")
+            self.record.set_branch_status(branch, "running")
         self.lineage.record("worker", self.run.epoch, where=where(self.launcher))
         self._save(state="paused" if self.lineage.paused else "running",
                    **{channel.WHERE: json.dumps(where(self.launcher)),
@@ -139,23 +128,13 @@ class Worker:
         self.record.save_checkpoint(branch, self.run)
         self.record.log_epoch(branch, metrics)
         self.record.set_tags(**{channel.EPOCH: self.run.epoch})
-        self._keep(branch)
+        if self.config.get("keep"):  # keep: N, and every epoch another branch forked from
+            self.record.keep_newest(branch, self.config["keep"], {
+                b.from_epoch for b in self.lineage.branches if b.parent == branch.id})
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             self.lineage.paused = True
             self.lineage.record("diverged", self.run.epoch)
             self._save(state="paused")
-
-    def _keep(self, branch) -> None:
-        """``keep: N``: the newest N checkpoints of the branch, and every epoch another
-        branch forked from (and epoch 0), so any revert on record still works."""
-        keep = self.config.get("keep")
-        if not keep:
-            return
-        forks = {b.from_epoch for b in self.lineage.branches if b.parent == branch.id}
-        held = self.record.checkpoint_epochs(branch)
-        for epoch in held[:-keep]:
-            if epoch not in forks and epoch != 0:
-                self.record.delete_checkpoint(branch, epoch)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -245,49 +224,38 @@ class Worker:
         self.record.set_tags(**tags)
 
     def _finish(self, status: str) -> str:
+        """The end: the registration asked for and the picture, then the record closed
+        (a command waiting for the final state finds both there)."""
         self.lineage.record(status, self.run.epoch)
-        self.record.end_branch(self.lineage.branch(), status)
         registered = None
         if self.stopping and self.stopping.get("register"):
             registered = self._register(self.stopping["register"])
-        self._save(state=status)
         self.plot()
-        self.record.client.set_terminated(self.record.run_id, "FINISHED")
+        self.record.close(self.lineage, status)
         if registered:
             print(f"caviar: registered {registered}", file=sys.stderr)
         return status
 
     def _register(self, model_name: str) -> str | None:
         """The best epoch of the current line (the sweep's metric), as a model version."""
-        from orchestrator.panda.register import best_epoch, register_epoch
+        from orchestrator.panda.register import history_values, register_best
 
-        found = best_epoch(self.record, self.lineage, self.config["metric"])
-        if found is None:
-            self.lineage.record("refused", self.run.epoch, op="register",
-                                reason="no epoch of the current line has a checkpoint")
-            return None
-        epoch, owner = found
         try:
-            version = register_epoch(self.record, self.lineage, owner, epoch, model_name,
-                                     self.data)
+            r = register_best(self.record, self.lineage, model_name, self.config["metric"],
+                              self.data)
         except Exception as e:  # noqa: BLE001 - recorded; `babysit register` can retry
             self.lineage.record("refused", self.run.epoch, op="register", reason=str(e))
             return None
-        self.lineage.record("register", self.run.epoch, model=model_name, version=version,
-                            epoch_registered=epoch, branch_registered=owner.id)
-        return f"{model_name!r} version {version} (epoch {epoch} of branch {owner.id})"
+        if r is None:
+            self.lineage.record("refused", self.run.epoch, op="register",
+                                reason="no epoch of the current line has a checkpoint")
+            return None
+        self.lineage.record("register", self.run.epoch, **history_values(r))
+        return f"{r.model!r} version {r.version} (epoch {r.epoch} of branch {r.branch})"
 
     def plot(self) -> None:
         """The learning curve with nudges and reverts marked, as the parent's curve.png."""
-        try:
-            histories = {b.id: self.record.history(b, ("train_loss", "val_loss"))
-                         for b in self.lineage.branches}
-            with tempfile.TemporaryDirectory(prefix="caviar-") as d:
-                out = plot_curve(self.lineage, histories, Path(d) / channel.CURVE_FILE)
-                self.record.client.log_artifact(self.record.run_id, str(out))
-        except Exception as e:  # noqa: BLE001 - the record stands without its picture
-            print(f"caviar: could not draw the curve ({type(e).__name__}: {e})",
-                  file=sys.stderr)
+        log_curve(self.record, self.lineage)
 
     def _failed(self, error: BaseException) -> None:
         """Whatever stopped the worker, on record; `start --resume` goes on from here."""

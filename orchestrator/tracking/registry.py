@@ -9,7 +9,8 @@ registered model named ``caviar-lock.<model>``, created by whoever takes the loc
 MLflow refuses a second registered model of the same name (a unique key in its
 database), so two takers cannot both succeed. Its tags say who holds it and until
 when (the lease); the holder renews the lease while it works and deletes the model
-when done. A lease that ran out (its holder died) is broken by the next taker.
+when done. A lease that ran out (its holder died) is broken by the next taker. A
+taker given ``wait_s`` waits that long for a holder to let go before it gives up.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def register_version(client, name: str, run_id: str, tags: dict, path: str = "mo
     ``name``, creating the registered model if needed; returns the version.
 
     MLflow's ``register_model`` wants a logged MLflow model; a plain folder of weights
-    and JSON is registered through ``create_model_version`` (see FACTS.md)."""
+    and JSON is registered through ``create_model_version``."""
     from mlflow.exceptions import MlflowException
 
     try:  # looked up by name, not through a filter string a quote in it would break
@@ -180,14 +181,26 @@ class Locked(CaviarError):
 
 
 class Lock:
-    """``with Lock(client, model):`` one holder at a time, across machines (see above)."""
+    """``with Lock(client, model):`` one holder at a time, across machines (see above).
 
-    def __init__(self, client, model: str, lease_s: float = 600.0, what: str = "retune"):
-        self.client, self.model, self.lease_s = client, model, lease_s
+    Args:
+        lease_s: how long the lock holds without a renewal (its holder renews it while
+            alive), so a holder that died frees it after that long.
+        what: who takes it, in words, for the message another taker gets.
+        wait_s: how long ``acquire`` waits for another holder to let go (trying every
+            ``POLL_S``) before it raises Locked; 0: not at all.
+    """
+
+    POLL_S = 1.0
+
+    def __init__(self, client, model: str, lease_s: float = 600.0, what: str = "retune",
+                 wait_s: float = 0.0):
+        self.client, self.model, self.lease_s, self.wait_s = client, model, lease_s, wait_s
         self.name = f"{LOCK_PREFIX}{model}"
         # unique per taker: a lock is renewed and released only by the taker it names
         self.holder = f"{what} pid {os.getpid()} on {socket.gethostname()} " \
                       f"[{uuid.uuid4().hex[:8]}]"
+        self.waiting = threading.Event()  # set once acquire() found it held and waits
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -197,6 +210,18 @@ class Lock:
                 "expires_at": _iso(now + self.lease_s)}
 
     def acquire(self) -> None:
+        """Takes the lock, waiting up to ``wait_s`` for its holder; Locked if it cannot."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return self._try_acquire()
+            except Locked:
+                if time.monotonic() + self.POLL_S > deadline:
+                    raise
+                self.waiting.set()
+                time.sleep(self.POLL_S)
+
+    def _try_acquire(self) -> None:
         from mlflow.exceptions import MlflowException
 
         for _ in range(2):  # the second try follows breaking an expired lease

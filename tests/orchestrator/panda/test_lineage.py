@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from models.config import HParams
-from orchestrator.cli.babysit import _ranges
 from orchestrator.panda.lineage import Branch, Lineage
 from orchestrator.panda.status import sparkline
 
@@ -46,11 +45,6 @@ def test_the_sparkline_spans_the_range_and_marks_what_is_not_finite():
     assert sparkline([1.0, 0.5, 0.0]) == "█▅▁"
     assert sparkline([0.3, float("nan"), 0.3]) == "▁!▁"
     assert sparkline([]) == ""
-
-
-def test_epoch_ranges_read_as_a_person_would_write_them():
-    assert _ranges([0, 1, 2, 5, 6, 9]) == "0-2, 5-6, 9"
-    assert _ranges([]) == ""
 
 
 def test_new_hyperparameters_go_into_the_optimizer_in_place_keeping_its_state(tiny_data):

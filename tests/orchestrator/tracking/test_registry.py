@@ -264,6 +264,27 @@ def test_a_lock_taken_with_with_is_released_on_exit_also_after_an_error(store):
     assert not lock_model(c, "scoped")
 
 
+def test_a_taker_given_a_wait_takes_the_lock_once_its_holder_lets_go(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = store["client"]
+    first = Lock(c, "awaited", lease_s=60)
+    first.acquire()
+    second = Lock(c, "awaited", lease_s=60, what="babysit start", wait_s=120)
+    with ThreadPoolExecutor(1) as pool:
+        taking = pool.submit(second.acquire)
+        try:
+            assert second.waiting.wait(60), "the second taker never found the lock held"
+            assert not taking.done() and first.mine()
+        finally:
+            first.release()
+        taking.result(timeout=60)
+    try:
+        assert second.mine()
+    finally:
+        second.release()
+    assert not lock_model(c, "awaited")
+
 @pytest.fixture
 def mlflow_globals(monkeypatch):
     """download_model sets MLflow's tracking and registry URIs for the process (and the
