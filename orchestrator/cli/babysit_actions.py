@@ -9,7 +9,6 @@ import sys
 import time
 
 from orchestrator.cli._common import (
-    EXIT_FAILURE,
     EXIT_OK,
     UsageError,
     default_workdir,
@@ -35,19 +34,6 @@ def _values(items: list[str]) -> dict:
     return dict(parse_set_item(item) for item in items or [])
 
 
-def _failed(call):
-    """Runs ``call``; a worker that did not start, or did not take a request, is a
-    failure (exit 1) told in one line."""
-    from orchestrator.panda.launch import LaunchFailed
-    from orchestrator.panda.requests import RequestFailed
-
-    try:
-        return call()
-    except (LaunchFailed, RequestFailed) as e:
-        print(f"caviar: failed: {e}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
 # -- start ----------------------------------------------------------------------------
 
 def cmd_start(args) -> int:
@@ -60,9 +46,9 @@ def cmd_start(args) -> int:
         if args.set or args.file:
             raise UsageError("--resume NAME takes no SWEEP.yaml and no --set: it goes on with "
                              "the hyperparameters in force (nudge it once it runs)")
-        return _failed(lambda: _started(args, start.resume(
+        return _started(args, start.resume(
             args.resume, epochs=args.epochs, address=args.address,
-            tracking_uri=args.tracking_uri, workdir=args.workdir)))
+            tracking_uri=args.tracking_uri, workdir=args.workdir))
     if not args.file:
         raise UsageError("babysit start needs a SWEEP.yaml (or --resume NAME)")
     checked = start.prepare(args.file, _values(args.set), name=args.name, epochs=args.epochs,
@@ -70,7 +56,7 @@ def cmd_start(args) -> int:
                             tracking_uri=args.tracking_uri, workdir=args.workdir)
     for note in checked.notes:
         print(f"caviar: note: {note}", file=sys.stderr)
-    return _failed(lambda: _started(args, start.start(checked)))
+    return _started(args, start.start(checked))
 
 
 def _started(args, started) -> int:
@@ -100,7 +86,7 @@ def _queued(args, posted) -> int:
           f"trained {posted.epoch} epochs)", file=sys.stderr)
     if args.wait is None:
         return EXIT_OK
-    return _failed(lambda: _print_json(wait_taken(posted, args.wait)))
+    return _print_json(wait_taken(posted, args.wait))
 
 
 def _print_json(event: dict) -> int:
@@ -152,7 +138,7 @@ def cmd_stop(args) -> int:
     print(f"caviar: stop: queued for {args.name!r} at its next epoch boundary"
           + (f"; then its best epoch is registered as {args.register!r}" if args.register
              else ""), file=sys.stderr)
-    return EXIT_OK if args.wait is None else _failed(lambda: _stop_waited(args, stopped.posted))
+    return EXIT_OK if args.wait is None else _stop_waited(args, stopped.posted)
 
 
 def _stop_waited(args, posted) -> int:

@@ -23,6 +23,7 @@ from orchestrator.panda.channel import (
     reached,
 )
 from orchestrator.panda.launch import alive
+from searchspaces.errors import Failure
 
 if TYPE_CHECKING:
     from orchestrator.panda.register import Registered
@@ -31,7 +32,7 @@ POLL_S = 0.5
 UNCHANGEABLE = ("optimizer",)  # besides the net's keys: the optimizer cannot change in place
 
 
-class RequestFailed(Exception):
+class RequestFailed(Failure):
     """The worker did not take a request in time, or refused it: exit 1."""
 
 
