@@ -1,12 +1,12 @@
 """Search spaces: the YAML format, the scales, sampling and validation.
 
-- ``space``: a search space, its parameters, checked at load (SearchSpace).
+- ``space``: a search space, its parameters, checked at load (SearchSpace); each
+  parameter maps its values to [0, 1] and back, and says whether it ``contains`` a value.
 - ``scales``: linear, log and reverse_log, each mapping values to [0, 1] and back.
 - ``sampling``: random, quasi-random and grid points in unit space.
-- ``trial``: the bookkeeping keys a search adds to a trial's configuration.
 - ``yamlio``: reading caviar's YAML files (1e-4 is a number).
-- ``errors`` and ``fields``: the one bad-input error (SpecError) and the checks every
-  caviar file's fields go through, so each message names the file, the key and the rule.
+- ``errors``: the one bad-input error (SpecError), whose message names the file, the
+  key and the rule.
 """
 
 from searchspaces.errors import SpecError

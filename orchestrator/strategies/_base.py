@@ -19,8 +19,8 @@ from ray.tune.search import Searcher
 
 from models.files import atomic_write
 from models.objective import Objective
+from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, reported_epochs
 from searchspaces import SearchSpace
-from searchspaces.trial import ROUND_KEY, SEED_KEY, reported_epochs
 
 
 def tune_statuses(directory: str, since: float) -> dict[str, str] | None:

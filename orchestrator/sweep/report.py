@@ -15,7 +15,7 @@ import time
 from models.files import atomic_path, atomic_write
 from models.objective import Objective
 from orchestrator.sweep.records import LOG_FILE, STATE_FILE, TrialLog
-from searchspaces.trial import SEED_KEY, hyperparameters
+from orchestrator.trial_protocol import SEED_KEY, hyperparameters
 
 STATUSES = ("completed", "early_stopped", "diverged", "failed")
 SUMMARY_FILE, TRIALS_CSV = "summary.json", "trials.csv"
