@@ -11,31 +11,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ray.tune.search import Searcher
+from ray.tune.search.variant_generator import parse_spec_vars
 
 from models.files import atomic_write
 from models.objective import Objective
+from orchestrator.strategies._restored import RestoredTrials
 from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, reported_epochs
 from searchspaces import SearchSpace
-
-
-def tune_statuses(directory: str, since: float) -> dict[str, str] | None:
-    """trial id -> status in Tune's newest experiment snapshot in ``directory`` written
-    at or after ``since`` (read as plain JSON: nothing in it is unpickled); None if none."""
-    files = [(p.stat().st_mtime, p) for p in Path(directory).glob("experiment_state-*.json")]
-    files = [f for f in files if f[0] >= since]
-    if not files:
-        return None
-    try:
-        state = json.loads(max(files)[1].read_text(encoding="utf-8"))
-        return {t["trial_id"]: t["status"]
-                for t in (json.loads(s) for s, _ in state["trial_data"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # mid-write or another layout: try again later
 
 
 @dataclass
@@ -116,6 +101,7 @@ class Strategy(Searcher):
         self.state_file = str(state_file) if state_file else None
         self.trials: dict[str, TrialRecord] = {}
         self.rounds: list[RoundRecord] = []
+        self.restored: RestoredTrials | None = None  # the open trials at Tune's restore
         self._index()
 
     def _index(self) -> None:
@@ -127,7 +113,6 @@ class Strategy(Searcher):
         self.known = 0  # trials evaluated elsewhere (add_evaluated_point)
         self.open = {tid for tid, rec in self.trials.items() if not rec.done}  # running
         self._dirty = True  # strategy.json behind what report() says
-        self._unheard: set[str] = set()  # open at a restore, not heard of since
         for tid, rec in self.trials.items():
             self.known += rec.known
             if rec.done:
@@ -146,15 +131,20 @@ class Strategy(Searcher):
     # -- Ray Tune's interface ------------------------------------------------------------
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        """Takes the Tuner's metric and mode. Refuses a ``param_space`` (returns False),
-        as Ray's own searchers do: the space is the strategy's, so Tune stops with a
-        clear error on a ``tune.uniform(...)`` there rather than hand it to the trainable
-        raw; constants there still reach it (Tune merges them under each suggestion)."""
+        """The Tuner's metric, mode and ``param_space`` (Tune hands them over only with
+        a param_space). One of constants is accepted, with the metric and mode (True):
+        Tune merges the constants under each suggestion. One with search domains
+        (``tune.uniform(...)``) is refused as Ray's own searchers refuse it, taking
+        nothing (False): the space is the strategy's, so Tune stops with a clear error
+        rather than hand the trainable a domain raw."""
+        _, domains, grids = parse_spec_vars(config or {})
+        if domains or grids:
+            return False
         if metric:
             self._metric = metric
         if mode:
             self._mode = mode
-        return not config
+        return True
 
     def suggest(self, trial_id: str):
         if not self._metric or self._mode not in ("min", "max"):
@@ -177,7 +167,8 @@ class Strategy(Searcher):
         return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._unheard.discard(trial_id)
+        if self.restored:
+            self.restored.heard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is not None:
             for metrics in reported_epochs(result):
@@ -185,7 +176,8 @@ class Strategy(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        self._unheard.discard(trial_id)
+        if self.restored:
+            self.restored.heard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is None:
             return
@@ -194,6 +186,9 @@ class Strategy(Searcher):
         if not rec.done:
             rec.done, rec.error = True, bool(error)
             self._count_end(trial_id, rec)
+        elif rec.error and not error:  # Tune resumed it after it failed (resume_errored)
+            rec.error = False
+            self._index()  # ranked again, now with its score
         self._on_complete(trial_id)
         if self._dirty:
             self.write_state()
@@ -261,32 +256,20 @@ class Strategy(Searcher):
             self._load_state(json.loads(f.read()))
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
-        """Tune's restore: also notes the trials still open, and where Tune keeps its own
-        snapshots, for ``settle_restored``."""
+        """Tune's restore: also notes the trials still open, for ``settle_restored``."""
         super().restore_from_dir(checkpoint_dir)
-        self._unheard = {tid for tid, rec in self.trials.items() if not rec.done}
-        self._tune_dir, self._restored_at, self._settled_at = checkpoint_dir, time.time(), 0.0
+        self.restored = RestoredTrials(
+            checkpoint_dir, [tid for tid, rec in self.trials.items() if not rec.done])
 
     settle_s = 60.0  # after a restore: how long a trial open at the snapshot may stay silent
 
-    def settle_restored(self, every_s: float = 2.0) -> bool:
-        """Ends the trials open at a restore that Tune will not run again:
-        ``Tuner.restore`` with ``resume_unfinished=False`` ends them, and with
-        ``restart_*`` re-runs them under new ids, without telling the searcher (a
-        coarse-to-fine round would wait for them forever). Such a trial is one that
-        Tune's snapshot since shows ended or gone, or that has stayed silent for
-        ``settle_s`` after the restore (Tune writes no snapshot while it waits for a
-        suggestion with nothing running). Each keeps its best score so far, and still
-        counts if it reports after all. Returns whether any ended."""
-        if not self._unheard or time.monotonic() - self._settled_at < every_s:
-            return False
-        self._settled_at = time.monotonic()
-        silent = time.time() - self._restored_at >= self.settle_s
-        statuses = tune_statuses(self._tune_dir, since=self._restored_at) or {}
-        ended = [tid for tid in sorted(self._unheard) if silent
-                 or statuses and statuses.get(tid, "TERMINATED") in ("TERMINATED", "ERROR")]
-        for tid in ended:
-            self.on_trial_complete(tid, None, error=statuses.get(tid) == "ERROR")
+    def settle_restored(self) -> bool:
+        """Ends the trials open at a restore that Tune will not run again (see
+        ``_restored``); each keeps its best score so far, and still counts if it reports
+        after all. Returns whether any ended."""
+        ended = self.restored.ended(self.settle_s) if self.restored else {}
+        for tid, error in ended.items():
+            self.on_trial_complete(tid, None, error=error)
         return bool(ended)
 
     # -- for subclasses ------------------------------------------------------------------

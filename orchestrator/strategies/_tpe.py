@@ -116,17 +116,22 @@ class TpeStrategy(Strategy):
                                        self._finite(rec.score), error=rec.error, pruned=pruned)
 
     def on_trial_complete(self, trial_id, result=None, error=False) -> None:
-        if trial_id not in self.trials:
+        rec = self.trials.get(trial_id)
+        if rec is None:
             return  # not one of ours (e.g. a restarted errored trial under a new id)
         # Optuna must hear of every trial it suggested; a diverged one as the worst value.
-        inner_result = None
-        if result is not None:
-            rec = self.trials.get(trial_id)
-            value = result.get(self.metric)
-            if rec is not None:
-                value = self.score_of(rec) if value is None else value
-            inner_result = {**result, self.metric: self._finite(value)}
-        self.inner.on_trial_complete(trial_id, inner_result, error)
+        value = None if result is None else result.get(self.metric)
+        if result is not None and value is None:
+            value = self.score_of(rec)
+        if trial_id in self.inner._ot_trials:
+            inner_result = None if result is None else {**result,
+                                                         self.metric: self._finite(value)}
+            self.inner.on_trial_complete(trial_id, inner_result, error)
+        elif value is not None:  # ended before a restore, and Tune resumed it
+            # (resume_errored): the restored study holds it as ended, so it hears the
+            # outcome as a trial of its own
+            self.inner.add_evaluated_point(self._params(rec.config, rec.unit),
+                                           self._finite(value), error=error)
         super().on_trial_complete(trial_id, result, error)
 
     def _finite(self, value) -> float:
