@@ -10,7 +10,6 @@
 """
 
 from searchspaces.errors import SpecError
-from searchspaces.sampling import STRATEGIES, sample
 from searchspaces.scales import SCALES, Linear, Log, ReverseLog, Scale
 from searchspaces.space import (
     ChoiceParameter,
@@ -22,7 +21,6 @@ from searchspaces.space import (
 )
 
 __all__ = [
-    "SCALES", "STRATEGIES", "ChoiceParameter", "FixedParameter", "FloatParameter",
-    "IntParameter", "Linear", "Log", "Parameter", "ReverseLog", "Scale", "SearchSpace",
-    "SpecError", "sample",
+    "SCALES", "ChoiceParameter", "FixedParameter", "FloatParameter", "IntParameter",
+    "Linear", "Log", "Parameter", "ReverseLog", "Scale", "SearchSpace", "SpecError",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.cli._common import EXIT_OK, UsageError, json_safe, seed_or_draw
-from searchspaces import STRATEGIES, SearchSpace, SpecError
+from searchspaces import SearchSpace, SpecError
 from searchspaces.errors import did_you_mean
 from searchspaces.yamlio import load_mapping, parse_yaml
 
@@ -87,7 +87,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from searchspaces.sampling import grid_points_per_parameter, sample
+    from orchestrator.strategies import sample
+    from searchspaces.sampling import grid_points_per_parameter
 
     _, space, _ = load_any(args.file)
     if args.n < 1:
@@ -232,12 +233,26 @@ def add_validate(sub, common) -> None:
     p.set_defaults(func=cmd_validate)
 
 
+class _SampledKinds:
+    """``caviar sample``'s strategies: the registry's kinds whose points do not depend on
+    results, read when argparse first asks (the registry imports Ray Tune, which a
+    command that samples nothing need not load)."""
+
+    def __iter__(self):
+        from orchestrator.strategies import SAMPLED
+
+        return iter(SAMPLED)
+
+    def __contains__(self, kind) -> bool:
+        return kind in tuple(self)
+
+
 def add_sample(sub, common) -> None:
     p = sub.add_parser("sample", parents=[common], help="print the configs a search would try",
                        description="Print the configurations a search would try, one JSON "
                        "object per line, fixed parameters included.")
     p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
-    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+    p.add_argument("--strategy", choices=_SampledKinds(), default="random",
                    help="random (seeded), quasi_random (scrambled Halton) or grid "
                    "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
     p.add_argument("--n", type=int, default=10, help="how many configurations (default "
