@@ -244,7 +244,7 @@ class Strategy(Searcher):
         score = self.score_of(rec)
         if math.isfinite(score) and (self.best_id is None or self.objective.better(
                 score, self.score_of(self.trials[self.best_id]))):
-            self.best_id, self._dirty = trial_id, True  # the edge warnings may change
+            self.best_id = trial_id
 
     def save(self, checkpoint_path: str) -> None:
         """The strategy's state as JSON, not a pickle: a file in the trial storage must
@@ -320,7 +320,7 @@ class Strategy(Searcher):
         return new if self.objective.better(new, old) else old
 
     def report(self) -> dict:
-        """What the sweep's summary needs: rounds with their boxes (in values), edges."""
+        """What the sweep's summary needs: the rounds with their boxes, in values."""
         rounds = []
         for r in self.rounds:
             box = {}
@@ -331,31 +331,12 @@ class Strategy(Searcher):
                     lo, hi = r.box[p.name]
                     box[p.name] = [p.from_unit(lo), p.from_unit(hi)]
             rounds.append({"round": r.round, "trials": r.trials, "box": box})
-        return {"strategy": self.kind, "rounds": rounds, "edges": self.edges()}
-
-    def edges(self, margin: float = 0.05) -> list[dict]:
-        """Tuned numeric parameters whose best value lies within ``margin`` of the space's edge.
-
-        The playbook's warning: the best point is on the boundary, widen the space.
-        """
-        if self.best_id is None:
-            return []
-        best, out = self.trials[self.best_id], []
-        for p, u in zip(self.space.tuned, best.unit):
-            if not hasattr(p, "scale"):
-                continue
-            side = "lower" if u <= margin else "upper" if u >= 1 - margin else None
-            if side:
-                value = best.config[p.name]
-                out.append({"parameter": p.name, "edge": side, "value": value,
-                            "message": f"best {p.name} is on the {side} edge ({value:.4g} of "
-                                       f"[{p.scale.low:g}, {p.scale.high:g}]): widen the space"})
-        return out
+        return {"strategy": self.kind, "rounds": rounds}
 
     def write_state(self) -> None:
         """Writes ``report()`` as JSON beside the sweep, for the driver's summary: when a
-        round opens or the best trial changes, not at every trial's end (its size does not
-        grow with the trials: each round's count of trials is the event log's to tell)."""
+        round opens or its box changes, not at every trial's end (its size does not grow
+        with the trials: each round's count of trials is the event log's to tell)."""
         self._dirty = False
         if not self.state_file:
             return

@@ -141,7 +141,6 @@ class CoarseToFineStrategy(Strategy):
                              for p, u in zip(space.tuned, self.start)
                              if not isinstance(p, ChoiceParameter)}, self.box.choices)
         self.rounds = [RoundRecord(0, dict(self.box.intervals), dict(self.box.choices))]
-        self.edge_margin = margin
 
     def _draws(self, round_: int) -> np.ndarray:
         """The round's points in the unit cube, from (seed, round): the same after a resume."""
@@ -259,9 +258,6 @@ class CoarseToFineStrategy(Strategy):
             p = self.space[name]
             record.choices[name] = [v for v in p.values if v in allowed or v in was]
         self._dirty = True
-
-    def edges(self, margin: float | None = None) -> list[dict]:
-        return super().edges(self.edge_margin if margin is None else margin)
 
     def _state(self) -> dict:
         return {**super()._state(), "round": self.round,
