@@ -13,10 +13,11 @@ import os
 from collections.abc import Mapping
 
 from orchestrator.fields import fail, known
-from orchestrator.strategies._base import RoundRecord, Strategy, TrialRecord
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._coarse_to_fine import CoarseToFineStrategy
 from orchestrator.strategies._grid import GridStrategy
 from orchestrator.strategies._random import QuasiRandomStrategy, RandomStrategy
+from orchestrator.strategies._records import RoundRecord, TrialRecord
 from orchestrator.strategies._settings import parse, to_dict
 from orchestrator.strategies._tpe import TpeStrategy
 from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY

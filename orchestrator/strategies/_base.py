@@ -11,55 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import parse_spec_vars
 
 from models.files import atomic_write
-from models.objective import Objective
+from orchestrator.strategies._records import (
+    Ranking,
+    RoundRecord,
+    TrialRecord,
+    known_unit,
+    rounds_in_values,
+)
 from orchestrator.strategies._restored import RestoredTrials
 from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, reported_epochs
 from searchspaces import SearchSpace
 
 
-@dataclass
-class TrialRecord:
-    """What a strategy remembers of one trial."""
-
-    round: int
-    unit: list[float]
-    config: dict
-    score: float | None = None  # best metric over its epochs, None until it reports
-    done: bool = False
-    error: bool = False
-    known: bool = False  # evaluated elsewhere (add_evaluated_point): outside the budget
-
-
-@dataclass
-class RoundRecord:
-    """One round: the box its points were drawn from (per tuned parameter, in unit space)."""
-
-    round: int
-    box: dict = field(default_factory=dict)  # name -> [lo, hi] in unit space
-    choices: dict = field(default_factory=dict)  # choice name -> allowed values
-    trials: int = 0
-
-
-def whole_space_round(space: SearchSpace) -> RoundRecord:
-    """Round 0 of a strategy that samples the whole space: every interval, every choice."""
-    from searchspaces import ChoiceParameter
-
-    intervals, choices = {}, {}
-    for p in space.tuned:
-        if isinstance(p, ChoiceParameter):
-            choices[p.name] = list(p.values)
-        else:
-            intervals[p.name] = [0.0, 1.0]
-    return RoundRecord(0, intervals, choices)
-
-
-class Strategy(Searcher):
+class Strategy(Ranking, Searcher):
     """Base of caviar's strategies.
 
     When Ray Tune calls each method:
@@ -203,7 +173,7 @@ class Strategy(Searcher):
             ValueError: a tuned parameter missing, an unknown one, or a value outside
                 the space.
         """
-        unit = self._known_unit(parameters)
+        unit = known_unit(self.space, parameters)
         tid = f"known_{self.known:05d}"
         rec = TrialRecord(-1, unit, self.space.config_from_unit(unit), done=True,
                           error=bool(error), known=True)
@@ -214,26 +184,6 @@ class Strategy(Searcher):
         self.known += 1
         self._count_end(tid, rec)
         self._on_known(tid, rec, bool(pruned))
-
-    def _known_unit(self, parameters: dict) -> list[float]:
-        names = {p.name for p in self.space.parameters}
-        extra = sorted(set(parameters) - names)
-        missing = [p.name for p in self.space.tuned if p.name not in parameters]
-        if extra or missing:
-            raise ValueError(f"add_evaluated_point: parameters must name each tuned "
-                             f"parameter of the space; unknown: {extra}, missing: {missing}")
-        unit, bad = [], []
-        for p in self.space.tuned:
-            try:
-                u = p.to_unit(parameters[p.name])
-            except (TypeError, ValueError):
-                u = math.nan  # not one of a choice's values, or not a number
-            if not 0.0 <= u <= 1.0:
-                bad.append(f"{p.name}={parameters[p.name]!r}")
-            unit.append(u)
-        if bad:
-            raise ValueError(f"add_evaluated_point: {', '.join(bad)} not in the space")
-        return unit
 
     def _on_known(self, trial_id: str, rec: TrialRecord, pruned: bool) -> None:
         """Subclasses with a model of their own (TPE) hear of a known trial here."""
@@ -292,46 +242,11 @@ class Strategy(Searcher):
         self._metric, self._mode = state["metric"], state["mode"]
         self._index()
 
-    # -- shared helpers ------------------------------------------------------------------
-
-    @property
-    def objective(self) -> Objective:
-        """The metric and its direction (Tune may set them late: set_search_properties).
-        Made once per (metric, mode): score_of asks it for every trial of every ranking."""
-        key = (self.metric, self.mode)
-        if getattr(self, "_objective_key", None) != key:
-            self._objective, self._objective_key = Objective(*key), key
-        return self._objective
-
-    def score_of(self, rec: TrialRecord) -> float:
-        """A trial's score for ranking: failed, diverged or silent trials rank last."""
-        s = rec.score
-        return self.objective.worst if rec.error or s is None or not math.isfinite(s) else s
-
-    def ranked(self, records) -> list[TrialRecord]:
-        """Best first; failed, diverged or silent trials last."""
-        return self.objective.rank(records, key=self.score_of)
-
-    def _better(self, old: float | None, new) -> float | None:
-        """The better of a trial's score so far and a newly reported value."""
-        new = self.objective.score(new)
-        if new is None:
-            return old
-        return new if self.objective.better(new, old) else old
+    # -- the strategy.json the sweep's summary reads ----------------------------------
 
     def report(self) -> dict:
         """What the sweep's summary needs: the rounds with their boxes, in values."""
-        rounds = []
-        for r in self.rounds:
-            box = {}
-            for p in self.space.tuned:
-                if p.name in r.choices:
-                    box[p.name] = list(r.choices[p.name])
-                elif p.name in r.box:
-                    lo, hi = r.box[p.name]
-                    box[p.name] = [p.from_unit(lo), p.from_unit(hi)]
-            rounds.append({"round": r.round, "trials": r.trials, "box": box})
-        return {"strategy": self.kind, "rounds": rounds}
+        return {"strategy": self.kind, "rounds": rounds_in_values(self.space, self.rounds)}
 
     def write_state(self) -> None:
         """Writes ``report()`` as JSON beside the sweep, for the driver's summary: when a

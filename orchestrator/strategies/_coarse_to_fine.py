@@ -32,8 +32,9 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from orchestrator.fields import fail, unknown
-from orchestrator.strategies._base import RoundRecord, Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._density import best_by_ratio
+from orchestrator.strategies._records import RoundRecord, whole_space_round
 from orchestrator.strategies._settings import number_in, one_of, setting, whole_number
 from searchspaces import ChoiceParameter
 from searchspaces.sampling import quasi_random_unit, random_unit

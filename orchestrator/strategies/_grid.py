@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
+from orchestrator.strategies._records import whole_space_round
 from orchestrator.strategies._settings import setting, whole_number
 from searchspaces.sampling import grid_points_per_parameter, grid_unit
 

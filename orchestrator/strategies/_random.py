@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
+from orchestrator.strategies._records import whole_space_round
 from orchestrator.strategies._settings import setting, whole_number
 from searchspaces.sampling import quasi_random_unit, random_unit
 

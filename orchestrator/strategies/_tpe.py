@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._random import TrialBudget
+from orchestrator.strategies._records import whole_space_round
 from searchspaces import ChoiceParameter, FloatParameter, IntParameter
 
 _PRIMITIVE = (type(None), bool, int, float, str)
