@@ -40,7 +40,7 @@ MAY_IMPORT = {
                          "orchestrator.tracking", "orchestrator.cluster", "orchestrator.sweep",
                          "orchestrator.retune", "orchestrator.panda", "orchestrator.rerun"},
 }
-# Third-party frameworks a package must not touch (DESIGN.md: models and search spaces
+# Third-party frameworks a package must not touch (models and search spaces
 # know nothing of Ray or MLflow; one writer talks to MLflow; Ray stays out of tracking).
 MUST_NOT_IMPORT = {
     "searchspaces": {"ray", "mlflow", "torch"},
