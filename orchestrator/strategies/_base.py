@@ -41,7 +41,10 @@ class Strategy(Ranking, Searcher):
     - ``on_trial_complete(trial_id, result, error)``: once per trial, when it
       ends: completed, stopped early by the scheduler, or failed.
     - ``save(path)`` / ``restore(path)``: with each experiment checkpoint, and on
-      ``--resume``, so a resumed sweep goes on where it was.
+      ``--resume``, so a resumed sweep goes on where it was; ``restore_from_dir``
+      also notes the trials open then, which ``settle_restored`` ends once Tune's
+      snapshot shows it will not run them again (``_restored``).
+    - ``add_evaluated_point(...)``: a result known from elsewhere, outside the budget.
 
     Subclasses implement ``_next(trial_id)`` (a unit point and its round, None
     or FINISHED) and may override ``_on_complete``. Each declares its sweep-file
