@@ -121,18 +121,15 @@ class TpeStrategy(Strategy):
         if rec is None:
             return  # not one of ours (e.g. a restarted errored trial under a new id)
         # Optuna must hear of every trial it suggested; a diverged one as the worst value.
-        value = None if result is None else result.get(self.metric)
-        if result is not None and value is None:
-            value = self.score_of(rec)
+        value = None if result is None else self._finite(
+            self.score_of(rec) if result.get(self.metric) is None else result[self.metric])
         if trial_id in self.inner._ot_trials:
-            inner_result = None if result is None else {**result,
-                                                         self.metric: self._finite(value)}
-            self.inner.on_trial_complete(trial_id, inner_result, error)
-        elif value is not None:  # ended before a restore, and Tune resumed it
-            # (resume_errored): the restored study holds it as ended, so it hears the
-            # outcome as a trial of its own
-            self.inner.add_evaluated_point(self._params(rec.config, rec.unit),
-                                           self._finite(value), error=error)
+            self.inner.on_trial_complete(
+                trial_id, None if result is None else {**result, self.metric: value}, error)
+        elif value is not None:  # Tune resumed it after a restore (resume_errored): the
+            # restored study holds it as ended, so its outcome comes as a trial of its own
+            self.inner.add_evaluated_point(self._params(rec.config, rec.unit), value,
+                                           error=error)
         super().on_trial_complete(trial_id, result, error)
 
     def _finite(self, value) -> float:
