@@ -235,8 +235,9 @@ def add_validate(sub, common) -> None:
 
 class _SampledKinds:
     """``caviar sample``'s strategies: the registry's kinds whose points do not depend on
-    results, read when argparse first asks (the registry imports Ray Tune, which a
-    command that samples nothing need not load)."""
+    results, read when a value is checked (the registry imports Ray Tune, which a
+    command that samples nothing need not load; the option's metavar keeps argparse
+    from reading them to build the parser)."""
 
     def __iter__(self):
         from orchestrator.strategies import SAMPLED
@@ -252,7 +253,7 @@ def add_sample(sub, common) -> None:
                        description="Print the configurations a search would try, one JSON "
                        "object per line, fixed parameters included.")
     p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
-    p.add_argument("--strategy", choices=_SampledKinds(), default="random",
+    p.add_argument("--strategy", choices=_SampledKinds(), default="random", metavar="STRATEGY",
                    help="random (seeded), quasi_random (scrambled Halton) or grid "
                    "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
     p.add_argument("--n", type=int, default=10, help="how many configurations (default "

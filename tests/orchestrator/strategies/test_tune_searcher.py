@@ -326,9 +326,10 @@ def _newest_snapshot(directory) -> float:
 
 def _searcher_state(directory) -> dict | None:
     """The searcher's newest saved state (caviar writes it as JSON, a file per Tune
-    session); None while there is none or it is being written."""
+    session, named by its start: a sync at the end touches them all); None while there
+    is none or it is being written."""
     try:
-        newest = max(directory.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+        newest = max(directory.glob("searcher-state-*.pkl"), key=lambda p: p.name)
         return json.loads(newest.read_text())
     except (OSError, ValueError):  # none yet, or mid-write: the next look
         return None
