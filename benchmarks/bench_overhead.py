@@ -90,7 +90,7 @@ def bare_loop(sweep: Path, events: list[dict]) -> tuple[float, float]:
     from models.data import load
     from models.train import fit
     from orchestrator.sweep.spec import load_sweep
-    from searchspaces.trial import SEED_KEY, hyperparameters
+    from orchestrator.trial_protocol import SEED_KEY, hyperparameters
 
     spec = load_sweep(sweep)
     data = load(spec.data, spec.base_dir)

@@ -12,7 +12,9 @@ One package per capability; imports point down (``tests/test_layout.py`` checks)
   Searchers), MLflow (the store, the sweep's export, the registry and its lock), and
   Ray (connecting, Ray Jobs, the hardware fingerprint).
 
-Below them all: ``searchspaces`` and ``models``.
+Beside them, shared by all: ``fields`` (the checks of a sweep or re-tune file's fields)
+and ``trial_protocol`` (the keys a search adds to a trial's configuration, and how a
+trial reports its epochs). Below them all: ``searchspaces`` and ``models``.
 """
 
 DEFAULT_WORKDIR = "./caviar-runs"  # every command's --workdir when none is given

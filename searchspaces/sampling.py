@@ -3,6 +3,7 @@
 Each returns points of ``[0, 1]^d`` (d = the space's tuned parameters);
 ``SearchSpace.config_from_unit`` turns a point into a configuration, so every
 sampler samples each parameter on its own scale without knowing which it is.
+The strategies of the same names (``orchestrator.strategies``) draw with them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import itertools
 import numpy as np
 
 from searchspaces.space import SearchSpace
-
-STRATEGIES = ("random", "quasi_random", "grid")
 
 
 def random_unit(d: int, n: int, seed: int) -> np.ndarray:
@@ -40,18 +39,16 @@ def grid_points_per_parameter(n: int, d: int) -> int:
     return max(1, round(n ** (1.0 / d))) if d else 1
 
 
-def grid_unit(space: SearchSpace, n: int) -> np.ndarray:
-    """A grid of k points per tuned parameter, evenly spaced in unit space.
+def grid_unit(space: SearchSpace, k: int) -> np.ndarray:
+    """A grid of ``k`` points per tuned parameter, evenly spaced in unit space.
 
     On a log scale from 1e-4 to 1 with k = 5 that is 1e-4, 1e-3, ..., 1. Points
     that give the same value (an int range or a choice shorter than k) are
     kept once, so the grid has at most k**d points.
     """
-    tuned = space.tuned
-    k = grid_points_per_parameter(n, len(tuned))
     axis = np.array([0.5]) if k == 1 else np.linspace(0.0, 1.0, k)
     per_param = []
-    for p in tuned:
+    for p in space.tuned:
         seen: dict = {}
         for u in axis:
             seen.setdefault(repr(p.from_unit(float(u))), float(u))
@@ -59,24 +56,3 @@ def grid_unit(space: SearchSpace, n: int) -> np.ndarray:
     if not per_param:
         return np.empty((1, 0))
     return np.array(list(itertools.product(*per_param)), dtype=float)
-
-
-def sample(space: SearchSpace, strategy: str, n: int, seed: int) -> list[dict]:
-    """Configurations a search with ``strategy`` would try, fixed parameters included.
-
-    Args:
-        space: the search space.
-        strategy: ``random``, ``quasi_random`` or ``grid``.
-        n: how many points (for grid, the budget that sets k per parameter).
-        seed: seeds random and quasi_random; grid ignores it.
-    """
-    d = len(space.tuned)
-    if strategy == "random":
-        unit = random_unit(d, n, seed)
-    elif strategy == "quasi_random":
-        unit = quasi_random_unit(d, n, seed)
-    elif strategy == "grid":
-        unit = grid_unit(space, n)
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    return [space.config_from_unit(row) for row in unit]

@@ -1,6 +1,6 @@
 """A search space: frozen parameters, checked once at load, each on its own scale.
 
-The YAML (DESIGN.md)::
+The YAML::
 
     parameters:
       lr:           {scale: log, low: 1.0e-4, high: 1.0, priority: 1}
@@ -46,6 +46,11 @@ class Parameter:
     def from_unit(self, u: float) -> object:
         raise NotImplementedError
 
+    def contains(self, value: object) -> bool:
+        """Whether ``value`` is a value of this parameter: inside its range (a whole
+        number for an int), one of its choices, or its fixed value."""
+        raise NotImplementedError
+
     def centre(self) -> object:
         """The value used when none is given: the default, else the unit-space centre."""
         default = getattr(self, "default", None)
@@ -70,6 +75,9 @@ class FloatParameter(Parameter):
     def from_unit(self, u: float) -> float:
         v = self.scale.from_unit(_clip01(u))
         return min(max(v, self.scale.low), self.scale.high)  # float round-off at the edges
+
+    def contains(self, value: object) -> bool:
+        return _is_number(value) and self.scale.low <= value <= self.scale.high
 
     def to_dict(self) -> dict:
         d = {"scale": self.scale.name, "low": self.scale.low, "high": self.scale.high}
@@ -99,6 +107,10 @@ class IntParameter(Parameter):
         v = math.floor(self._wide.from_unit(_clip01(u)) + 0.5)
         return int(min(max(v, self.scale.low), self.scale.high))
 
+    def contains(self, value: object) -> bool:
+        return (_is_number(value) and math.isfinite(value) and float(value).is_integer()
+                and self.scale.low <= value <= self.scale.high)
+
     def to_dict(self) -> dict:
         d = {"scale": self.scale.name, "type": "int",
              "low": int(self.scale.low), "high": int(self.scale.high)}
@@ -119,6 +131,9 @@ class ChoiceParameter(Parameter):
         n = len(self.values)
         return self.values[min(int(_clip01(u) * n), n - 1)]
 
+    def contains(self, value: object) -> bool:
+        return value in self.values
+
     def to_dict(self) -> dict:
         return _with_optional({"choice": list(self.values)}, self)
 
@@ -135,6 +150,9 @@ class FixedParameter(Parameter):
 
     def from_unit(self, u: float) -> object:
         return self.value
+
+    def contains(self, value: object) -> bool:
+        return value == self.value
 
     def to_dict(self) -> dict:
         return _with_optional({"fixed": self.value}, self)

@@ -19,7 +19,8 @@ PACKAGES = ("searchspaces", "models", "orchestrator")
 MAY_IMPORT = {
     "searchspaces": set(),
     "models": {"searchspaces"},  # caviar's errors (searchspaces.errors): DataError's base
-    "orchestrator": set(),  # the root package: DEFAULT_WORKDIR
+    # the root package: DEFAULT_WORKDIR, the trial protocol, the checks of files' fields
+    "orchestrator": {"searchspaces"},
     "orchestrator.strategies": {"searchspaces", "models", "orchestrator"},
     "orchestrator.tracking": {"searchspaces", "models", "orchestrator"},
     "orchestrator.cluster": {"searchspaces", "models", "orchestrator"},

@@ -20,7 +20,7 @@ from orchestrator.cli._common import (
     json_safe,
     seed_or_draw,
 )
-from searchspaces import STRATEGIES, SearchSpace, SpecError
+from searchspaces import SearchSpace, SpecError
 from searchspaces.errors import EXIT_OK, did_you_mean
 from searchspaces.yamlio import load_mapping, parse_yaml
 
@@ -98,7 +98,8 @@ def cmd_validate(args) -> int:
 def cmd_sample(args) -> int:
     """Print the configurations a search would try, one JSON object per line, fixed
     parameters included."""
-    from searchspaces.sampling import grid_points_per_parameter, sample
+    from orchestrator.strategies import sample
+    from searchspaces.sampling import grid_points_per_parameter
 
     _, space, _ = load_any(args.file)
     if args.n < 1:
@@ -121,7 +122,7 @@ def parse_sets(items: list[str], space: SearchSpace) -> dict:
 
 def _parse_set(item: str, space: SearchSpace) -> tuple[str, object]:
     name, value = parse_set_item(item)
-    if name in space.names and space[name].is_tuned and not inside(space[name], value):
+    if name in space.names and space[name].is_tuned and not space[name].contains(value):
         print(f"caviar: note: --set {name}={value!r} lies outside the search space "
               f"{space[name].to_dict()}", file=sys.stderr)
     return name, value
@@ -150,11 +151,8 @@ def parse_set_item(item: str) -> tuple[str, object]:
 
 
 def inside(p, value) -> bool:
-    """A value within a tuned parameter's range, or among its choices."""
-    d = p.to_dict()
-    if "choice" in d:
-        return value in d["choice"]
-    return d["low"] <= value <= d["high"]
+    """``p.contains(value)``: the name cli/babysit.py imports."""
+    return p.contains(value)
 
 
 def _plan(args, space: SearchSpace, sweep) -> tuple[dict, object, str | None, int, int]:
@@ -246,10 +244,25 @@ def add_validate(sub, common) -> None:
     add_flag(p, "-q", "--quiet", help="print only the OK line per file")
 
 
+class _SampledKinds:
+    """``caviar sample``'s strategies: the registry's kinds whose points do not depend on
+    results, read when a value is checked (the registry imports Ray Tune, which a
+    command that samples nothing need not load; the option's metavar keeps argparse
+    from reading them to build the parser)."""
+
+    def __iter__(self):
+        from orchestrator.strategies import SAMPLED
+
+        return iter(SAMPLED)
+
+    def __contains__(self, kind) -> bool:
+        return kind in tuple(self)
+
+
 def add_sample(sub, common) -> None:
     p = add_command(sub, common, "sample", cmd_sample, "print the configs a search would try")
     p.add_argument("file", metavar="SPACE_OR_SWEEP", help="a search space or sweep YAML file")
-    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+    p.add_argument("--strategy", choices=_SampledKinds(), default="random", metavar="STRATEGY",
                    help="random (seeded), quasi_random (scrambled Halton) or grid "
                    "(k = round(N ** (1/d)) points per tuned parameter); default %(default)s")
     p.add_argument("--n", type=int, default=10, help="how many configurations (default "

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.fields import fail
 from orchestrator.retune.gate import best_seed, decide, gate
 from orchestrator.retune.spec import RetuneSpec
 from orchestrator.retune.triggers import check, cooldown, fetch, utcnow
@@ -45,7 +46,6 @@ from orchestrator.tracking.store import (
     resolve_uri,
 )
 from searchspaces.errors import Failure
-from searchspaces.fields import fail
 
 DECISIONS = ("not_stale", "promoted", "refreshed", "kept", "failed")
 __all__ = ["DECISIONS", "RetuneFailed", "StoreMissing", "run_retune"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.data import DataSpec
+from orchestrator.fields import fail, number, only_keys, section, unknown, whole
 from orchestrator.sweep.spec import SweepSpec, Tracking, load_sweep, parse_data, parse_tracking
-from searchspaces.fields import fail, number, only_keys, section, unknown, whole
 from searchspaces.yamlio import load_mapping
 
 TRIGGERS = ("age", "drift", "hardware", "decay")

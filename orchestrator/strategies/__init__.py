@@ -2,7 +2,9 @@
 
 ``KINDS`` is the registry, keyed by a sweep file's ``strategy.kind`` (like
 ``searchspaces.SCALES``): each strategy declares its own keys with their defaults
-and rules (``Settings``), its budget, and how it is built from its settings.
+and rules (``Settings``), its budget, and how it is built from its settings. Those
+whose points do not depend on results (``SAMPLED``) also draw them for ``caviar
+sample`` (``sample_unit``).
 """
 
 from __future__ import annotations
@@ -10,25 +12,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from orchestrator.strategies._base import RoundRecord, Strategy, TrialRecord
+from orchestrator.fields import fail, known
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._coarse_to_fine import CoarseToFineStrategy
 from orchestrator.strategies._grid import GridStrategy
 from orchestrator.strategies._random import QuasiRandomStrategy, RandomStrategy
+from orchestrator.strategies._records import RoundRecord, TrialRecord
 from orchestrator.strategies._settings import parse, to_dict
 from orchestrator.strategies._tpe import TpeStrategy
+from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY
 from searchspaces import SearchSpace
-from searchspaces.fields import fail, known
-from searchspaces.trial import ROUND_KEY, SEED_KEY
 
 __all__ = [
-    "DEFAULT_KIND", "KINDS", "ROUND_KEY", "SEED_KEY", "CoarseToFineStrategy", "GridStrategy",
-    "QuasiRandomStrategy", "RandomStrategy", "RoundRecord", "Strategy", "TpeStrategy",
-    "TrialRecord", "budget", "make_strategy", "parse_strategy", "searcher", "to_dict",
+    "DEFAULT_KIND", "KINDS", "ROUND_KEY", "SAMPLED", "SEED_KEY", "CoarseToFineStrategy",
+    "GridStrategy", "QuasiRandomStrategy", "RandomStrategy", "RoundRecord", "Strategy",
+    "TpeStrategy", "TrialRecord", "budget", "make_strategy", "parse_strategy", "sample",
+    "searcher", "to_dict",
 ]
 
 KINDS: dict[str, type[Strategy]] = {cls.kind: cls for cls in (
     RandomStrategy, QuasiRandomStrategy, GridStrategy, TpeStrategy, CoarseToFineStrategy)}
 DEFAULT_KIND = "coarse_to_fine"  # the course's method
+SAMPLED = tuple(kind for kind, cls in KINDS.items() if hasattr(cls, "sample_unit"))
 
 
 def parse_strategy(section: Mapping, source: str, space):
@@ -47,6 +52,20 @@ def parse_strategy(section: Mapping, source: str, space):
 def budget(settings, space) -> int:
     """How many trials a strategy with these settings runs over ``space``."""
     return KINDS[settings.kind].budget_of(settings, space)
+
+
+def sample(space: SearchSpace, kind: str, n: int, seed: int) -> list[dict]:
+    """The configurations a sweep of ``n`` trials with strategy ``kind`` would try,
+    fixed parameters included (for grid, ``n`` is the budget that sets its points per
+    parameter, and the seed is not used).
+
+    Raises:
+        ValueError: a kind not in ``SAMPLED``.
+    """
+    if kind not in SAMPLED:
+        raise ValueError(f"strategy {kind!r} cannot sample ahead of results: expected one "
+                         f"of {', '.join(SAMPLED)}")
+    return [space.config_from_unit(row) for row in KINDS[kind].sample_unit(space, n, seed)]
 
 
 def make_strategy(settings, space, metric: str, mode: str, seed: int,

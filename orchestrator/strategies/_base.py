@@ -11,70 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 from ray.tune.search import Searcher
+from ray.tune.search.variant_generator import parse_spec_vars
 
 from models.files import atomic_write
-from models.objective import Objective
+from orchestrator.strategies._records import (
+    Ranking,
+    RoundRecord,
+    TrialRecord,
+    known_unit,
+    rounds_in_values,
+)
+from orchestrator.strategies._restored import RestoredTrials
+from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, reported_epochs
 from searchspaces import SearchSpace
-from searchspaces.trial import ROUND_KEY, SEED_KEY, reported_epochs
 
 
-def tune_statuses(directory: str, since: float) -> dict[str, str] | None:
-    """trial id -> status in Tune's newest experiment snapshot in ``directory`` written
-    at or after ``since`` (read as plain JSON: nothing in it is unpickled); None if none."""
-    files = [(p.stat().st_mtime, p) for p in Path(directory).glob("experiment_state-*.json")]
-    files = [f for f in files if f[0] >= since]
-    if not files:
-        return None
-    try:
-        state = json.loads(max(files)[1].read_text(encoding="utf-8"))
-        return {t["trial_id"]: t["status"]
-                for t in (json.loads(s) for s, _ in state["trial_data"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # mid-write or another layout: try again later
-
-
-@dataclass
-class TrialRecord:
-    """What a strategy remembers of one trial."""
-
-    round: int
-    unit: list[float]
-    config: dict
-    score: float | None = None  # best metric over its epochs, None until it reports
-    done: bool = False
-    error: bool = False
-    known: bool = False  # evaluated elsewhere (add_evaluated_point): outside the budget
-
-
-@dataclass
-class RoundRecord:
-    """One round: the box its points were drawn from (per tuned parameter, in unit space)."""
-
-    round: int
-    box: dict = field(default_factory=dict)  # name -> [lo, hi] in unit space
-    choices: dict = field(default_factory=dict)  # choice name -> allowed values
-    trials: int = 0
-
-
-def whole_space_round(space: SearchSpace) -> RoundRecord:
-    """Round 0 of a strategy that samples the whole space: every interval, every choice."""
-    from searchspaces import ChoiceParameter
-
-    intervals, choices = {}, {}
-    for p in space.tuned:
-        if isinstance(p, ChoiceParameter):
-            choices[p.name] = list(p.values)
-        else:
-            intervals[p.name] = [0.0, 1.0]
-    return RoundRecord(0, intervals, choices)
-
-
-class Strategy(Searcher):
+class Strategy(Ranking, Searcher):
     """Base of caviar's strategies.
 
     When Ray Tune calls each method:
@@ -86,7 +41,10 @@ class Strategy(Searcher):
     - ``on_trial_complete(trial_id, result, error)``: once per trial, when it
       ends: completed, stopped early by the scheduler, or failed.
     - ``save(path)`` / ``restore(path)``: with each experiment checkpoint, and on
-      ``--resume``, so a resumed sweep goes on where it was.
+      ``--resume``, so a resumed sweep goes on where it was; ``restore_from_dir``
+      also notes the trials open then, which ``settle_restored`` ends once Tune's
+      snapshot shows it will not run them again (``_restored``).
+    - ``add_evaluated_point(...)``: a result known from elsewhere, outside the budget.
 
     Subclasses implement ``_next(trial_id)`` (a unit point and its round, None
     or FINISHED) and may override ``_on_complete``. Each declares its sweep-file
@@ -116,6 +74,7 @@ class Strategy(Searcher):
         self.state_file = str(state_file) if state_file else None
         self.trials: dict[str, TrialRecord] = {}
         self.rounds: list[RoundRecord] = []
+        self.restored: RestoredTrials | None = None  # the open trials at Tune's restore
         self._index()
 
     def _index(self) -> None:
@@ -127,7 +86,6 @@ class Strategy(Searcher):
         self.known = 0  # trials evaluated elsewhere (add_evaluated_point)
         self.open = {tid for tid, rec in self.trials.items() if not rec.done}  # running
         self._dirty = True  # strategy.json behind what report() says
-        self._unheard: set[str] = set()  # open at a restore, not heard of since
         for tid, rec in self.trials.items():
             self.known += rec.known
             if rec.done:
@@ -146,15 +104,20 @@ class Strategy(Searcher):
     # -- Ray Tune's interface ------------------------------------------------------------
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        """Takes the Tuner's metric and mode. Refuses a ``param_space`` (returns False),
-        as Ray's own searchers do: the space is the strategy's, so Tune stops with a
-        clear error on a ``tune.uniform(...)`` there rather than hand it to the trainable
-        raw; constants there still reach it (Tune merges them under each suggestion)."""
+        """The Tuner's metric, mode and ``param_space`` (Tune hands them over only with
+        a param_space). One of constants is accepted, with the metric and mode (True):
+        Tune merges the constants under each suggestion. One with search domains
+        (``tune.uniform(...)``) is refused as Ray's own searchers refuse it, taking
+        nothing (False): the space is the strategy's, so Tune stops with a clear error
+        rather than hand the trainable a domain raw."""
+        _, domains, grids = parse_spec_vars(config or {})
+        if domains or grids:
+            return False
         if metric:
             self._metric = metric
         if mode:
             self._mode = mode
-        return not config
+        return True
 
     def suggest(self, trial_id: str):
         if not self._metric or self._mode not in ("min", "max"):
@@ -177,7 +140,8 @@ class Strategy(Searcher):
         return {**config, ROUND_KEY: round_, SEED_KEY: trial_seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._unheard.discard(trial_id)
+        if self.restored:
+            self.restored.heard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is not None:
             for metrics in reported_epochs(result):
@@ -185,7 +149,8 @@ class Strategy(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        self._unheard.discard(trial_id)
+        if self.restored:
+            self.restored.heard(trial_id)
         rec = self.trials.get(trial_id)
         if rec is None:
             return
@@ -194,6 +159,9 @@ class Strategy(Searcher):
         if not rec.done:
             rec.done, rec.error = True, bool(error)
             self._count_end(trial_id, rec)
+        elif rec.error and not error:  # Tune resumed it after it failed (resume_errored)
+            rec.error = False
+            self._index()  # ranked again, now with its score
         self._on_complete(trial_id)
         if self._dirty:
             self.write_state()
@@ -208,7 +176,7 @@ class Strategy(Searcher):
             ValueError: a tuned parameter missing, an unknown one, or a value outside
                 the space.
         """
-        unit = self._known_unit(parameters)
+        unit = known_unit(self.space, parameters)
         tid = f"known_{self.known:05d}"
         rec = TrialRecord(-1, unit, self.space.config_from_unit(unit), done=True,
                           error=bool(error), known=True)
@@ -220,26 +188,6 @@ class Strategy(Searcher):
         self._count_end(tid, rec)
         self._on_known(tid, rec, bool(pruned))
 
-    def _known_unit(self, parameters: dict) -> list[float]:
-        names = {p.name for p in self.space.parameters}
-        extra = sorted(set(parameters) - names)
-        missing = [p.name for p in self.space.tuned if p.name not in parameters]
-        if extra or missing:
-            raise ValueError(f"add_evaluated_point: parameters must name each tuned "
-                             f"parameter of the space; unknown: {extra}, missing: {missing}")
-        unit, bad = [], []
-        for p in self.space.tuned:
-            try:
-                u = p.to_unit(parameters[p.name])
-            except (TypeError, ValueError):
-                u = math.nan  # not one of a choice's values, or not a number
-            if not 0.0 <= u <= 1.0:
-                bad.append(f"{p.name}={parameters[p.name]!r}")
-            unit.append(u)
-        if bad:
-            raise ValueError(f"add_evaluated_point: {', '.join(bad)} not in the space")
-        return unit
-
     def _on_known(self, trial_id: str, rec: TrialRecord, pruned: bool) -> None:
         """Subclasses with a model of their own (TPE) hear of a known trial here."""
 
@@ -249,7 +197,7 @@ class Strategy(Searcher):
         score = self.score_of(rec)
         if math.isfinite(score) and (self.best_id is None or self.objective.better(
                 score, self.score_of(self.trials[self.best_id]))):
-            self.best_id, self._dirty = trial_id, True  # the edge warnings may change
+            self.best_id = trial_id
 
     def save(self, checkpoint_path: str) -> None:
         """The strategy's state as JSON, not a pickle: a file in the trial storage must
@@ -261,32 +209,20 @@ class Strategy(Searcher):
             self._load_state(json.loads(f.read()))
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
-        """Tune's restore: also notes the trials still open, and where Tune keeps its own
-        snapshots, for ``settle_restored``."""
+        """Tune's restore: also notes the trials still open, for ``settle_restored``."""
         super().restore_from_dir(checkpoint_dir)
-        self._unheard = {tid for tid, rec in self.trials.items() if not rec.done}
-        self._tune_dir, self._restored_at, self._settled_at = checkpoint_dir, time.time(), 0.0
+        self.restored = RestoredTrials(
+            checkpoint_dir, [tid for tid, rec in self.trials.items() if not rec.done])
 
     settle_s = 60.0  # after a restore: how long a trial open at the snapshot may stay silent
 
-    def settle_restored(self, every_s: float = 2.0) -> bool:
-        """Ends the trials open at a restore that Tune will not run again:
-        ``Tuner.restore`` with ``resume_unfinished=False`` ends them, and with
-        ``restart_*`` re-runs them under new ids, without telling the searcher (a
-        coarse-to-fine round would wait for them forever). Such a trial is one that
-        Tune's snapshot since shows ended or gone, or that has stayed silent for
-        ``settle_s`` after the restore (Tune writes no snapshot while it waits for a
-        suggestion with nothing running). Each keeps its best score so far, and still
-        counts if it reports after all. Returns whether any ended."""
-        if not self._unheard or time.monotonic() - self._settled_at < every_s:
-            return False
-        self._settled_at = time.monotonic()
-        silent = time.time() - self._restored_at >= self.settle_s
-        statuses = tune_statuses(self._tune_dir, since=self._restored_at) or {}
-        ended = [tid for tid in sorted(self._unheard) if silent
-                 or statuses and statuses.get(tid, "TERMINATED") in ("TERMINATED", "ERROR")]
-        for tid in ended:
-            self.on_trial_complete(tid, None, error=statuses.get(tid) == "ERROR")
+    def settle_restored(self) -> bool:
+        """Ends the trials open at a restore that Tune will not run again (see
+        ``_restored``); each keeps its best score so far, and still counts if it reports
+        after all. Returns whether any ended."""
+        ended = self.restored.ended(self.settle_s) if self.restored else {}
+        for tid, error in ended.items():
+            self.on_trial_complete(tid, None, error=error)
         return bool(ended)
 
     # -- for subclasses ------------------------------------------------------------------
@@ -309,70 +245,16 @@ class Strategy(Searcher):
         self._metric, self._mode = state["metric"], state["mode"]
         self._index()
 
-    # -- shared helpers ------------------------------------------------------------------
-
-    @property
-    def objective(self) -> Objective:
-        """The metric and its direction (Tune may set them late: set_search_properties).
-        Made once per (metric, mode): score_of asks it for every trial of every ranking."""
-        key = (self.metric, self.mode)
-        if getattr(self, "_objective_key", None) != key:
-            self._objective, self._objective_key = Objective(*key), key
-        return self._objective
-
-    def score_of(self, rec: TrialRecord) -> float:
-        """A trial's score for ranking: failed, diverged or silent trials rank last."""
-        s = rec.score
-        return self.objective.worst if rec.error or s is None or not math.isfinite(s) else s
-
-    def ranked(self, records) -> list[TrialRecord]:
-        """Best first; failed, diverged or silent trials last."""
-        return self.objective.rank(records, key=self.score_of)
-
-    def _better(self, old: float | None, new) -> float | None:
-        """The better of a trial's score so far and a newly reported value."""
-        new = self.objective.score(new)
-        if new is None:
-            return old
-        return new if self.objective.better(new, old) else old
+    # -- the strategy.json the sweep's summary reads ----------------------------------
 
     def report(self) -> dict:
-        """What the sweep's summary needs: rounds with their boxes (in values), edges."""
-        rounds = []
-        for r in self.rounds:
-            box = {}
-            for p in self.space.tuned:
-                if p.name in r.choices:
-                    box[p.name] = list(r.choices[p.name])
-                elif p.name in r.box:
-                    lo, hi = r.box[p.name]
-                    box[p.name] = [p.from_unit(lo), p.from_unit(hi)]
-            rounds.append({"round": r.round, "trials": r.trials, "box": box})
-        return {"strategy": self.kind, "rounds": rounds, "edges": self.edges()}
-
-    def edges(self, margin: float = 0.05) -> list[dict]:
-        """Tuned numeric parameters whose best value lies within ``margin`` of the space's edge.
-
-        The playbook's warning: the best point is on the boundary, widen the space.
-        """
-        if self.best_id is None:
-            return []
-        best, out = self.trials[self.best_id], []
-        for p, u in zip(self.space.tuned, best.unit):
-            if not hasattr(p, "scale"):
-                continue
-            side = "lower" if u <= margin else "upper" if u >= 1 - margin else None
-            if side:
-                value = best.config[p.name]
-                out.append({"parameter": p.name, "edge": side, "value": value,
-                            "message": f"best {p.name} is on the {side} edge ({value:.4g} of "
-                                       f"[{p.scale.low:g}, {p.scale.high:g}]): widen the space"})
-        return out
+        """What the sweep's summary needs: the rounds with their boxes, in values."""
+        return {"strategy": self.kind, "rounds": rounds_in_values(self.space, self.rounds)}
 
     def write_state(self) -> None:
         """Writes ``report()`` as JSON beside the sweep, for the driver's summary: when a
-        round opens or the best trial changes, not at every trial's end (its size does not
-        grow with the trials: each round's count of trials is the event log's to tell)."""
+        round opens or its box changes, not at every trial's end (its size does not grow
+        with the trials: each round's count of trials is the event log's to tell)."""
         self._dirty = False
         if not self.state_file:
             return

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from ray.tune.search import Searcher
 
-from orchestrator.strategies._base import RoundRecord, Strategy, whole_space_round
+from orchestrator.fields import fail, unknown
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._density import best_by_ratio
+from orchestrator.strategies._records import RoundRecord, whole_space_round
 from orchestrator.strategies._settings import number_in, one_of, setting, whole_number
 from searchspaces import ChoiceParameter
-from searchspaces.fields import fail, unknown
 from searchspaces.sampling import quasi_random_unit, random_unit
 
 
@@ -141,7 +142,6 @@ class CoarseToFineStrategy(Strategy):
                              for p, u in zip(space.tuned, self.start)
                              if not isinstance(p, ChoiceParameter)}, self.box.choices)
         self.rounds = [RoundRecord(0, dict(self.box.intervals), dict(self.box.choices))]
-        self.edge_margin = margin
 
     def _draws(self, round_: int) -> np.ndarray:
         """The round's points in the unit cube, from (seed, round): the same after a resume."""
@@ -259,9 +259,6 @@ class CoarseToFineStrategy(Strategy):
             p = self.space[name]
             record.choices[name] = [v for v in p.values if v in allowed or v in was]
         self._dirty = True
-
-    def edges(self, margin: float | None = None) -> list[dict]:
-        return super().edges(self.edge_margin if margin is None else margin)
 
     def _state(self) -> dict:
         return {**super()._state(), "round": self.round,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
+from orchestrator.strategies._records import whole_space_round
 from orchestrator.strategies._settings import setting, whole_number
-from searchspaces.sampling import grid_unit
+from searchspaces.sampling import grid_points_per_parameter, grid_unit
 
 
 @dataclass(frozen=True)
@@ -19,25 +20,26 @@ class GridSettings:
     points: int = setting(5, whole_number())  # per tuned parameter
 
 
-def _grid(space, points_per_parameter: int):
-    d = len(space.tuned)
-    return grid_unit(space, points_per_parameter ** d if d else 1)
-
-
 class GridStrategy(Strategy):
     kind = "grid"
     Settings = GridSettings
 
     def __init__(self, space, metric, mode, points_per_parameter: int, seed: int = 0,
                  state_file=None):
-        self.points = _grid(space, points_per_parameter)
+        self.points = grid_unit(space, points_per_parameter)
         super().__init__(space, metric, mode, len(self.points), seed, state_file)
         self.rounds = [whole_space_round(space)]
 
     @classmethod
     def budget_of(cls, settings, space) -> int:
         """k**d points, fewer where an int range or a choice has fewer than k values."""
-        return len(_grid(space, settings.points))
+        return len(grid_unit(space, settings.points))
+
+    @classmethod
+    def sample_unit(cls, space, n: int, seed: int):
+        """The grid a budget of ``n`` trials allows: k = round(n ** (1/d)) points per
+        tuned parameter; no seed needed."""
+        return grid_unit(space, grid_points_per_parameter(n, len(space.tuned)))
 
     @classmethod
     def from_settings(cls, settings, space, metric, mode, seed, state_file=None):

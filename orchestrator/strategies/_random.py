@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
+from orchestrator.strategies._records import whole_space_round
 from orchestrator.strategies._settings import setting, whole_number
 from searchspaces.sampling import quasi_random_unit, random_unit
 
@@ -29,11 +30,13 @@ class RandomStrategy(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.points = self._points()
+        self.points = self.sample_unit(self.space, self.budget, self.seed)
         self.rounds = [whole_space_round(self.space)]
 
-    def _points(self):
-        return random_unit(len(self.space.tuned), self.budget, self.seed)
+    @classmethod
+    def sample_unit(cls, space, n: int, seed: int):
+        """The unit points of a sweep of ``n`` trials, drawn from the seed alone."""
+        return random_unit(len(space.tuned), n, seed)
 
     def _next(self, trial_id: str):
         return 0, self.points[self.suggested]
@@ -44,5 +47,6 @@ class QuasiRandomStrategy(RandomStrategy):
 
     kind = "quasi_random"
 
-    def _points(self):
-        return quasi_random_unit(len(self.space.tuned), self.budget, self.seed)
+    @classmethod
+    def sample_unit(cls, space, n: int, seed: int):
+        return quasi_random_unit(len(space.tuned), n, seed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, field, fields
 
-from searchspaces.fields import fail, number, unknown, whole
+from orchestrator.fields import fail, number, unknown, whole
 
 # (source, key, value, space) -> the checked value
 Check = Callable[[str, str, object, object], object]

@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 
-from orchestrator.strategies._base import Strategy, whole_space_round
+from orchestrator.strategies._base import Strategy
 from orchestrator.strategies._random import TrialBudget
+from orchestrator.strategies._records import whole_space_round
 from searchspaces import ChoiceParameter, FloatParameter, IntParameter
 
 _PRIMITIVE = (type(None), bool, int, float, str)
@@ -116,17 +117,19 @@ class TpeStrategy(Strategy):
                                        self._finite(rec.score), error=rec.error, pruned=pruned)
 
     def on_trial_complete(self, trial_id, result=None, error=False) -> None:
-        if trial_id not in self.trials:
+        rec = self.trials.get(trial_id)
+        if rec is None:
             return  # not one of ours (e.g. a restarted errored trial under a new id)
         # Optuna must hear of every trial it suggested; a diverged one as the worst value.
-        inner_result = None
-        if result is not None:
-            rec = self.trials.get(trial_id)
-            value = result.get(self.metric)
-            if rec is not None:
-                value = self.score_of(rec) if value is None else value
-            inner_result = {**result, self.metric: self._finite(value)}
-        self.inner.on_trial_complete(trial_id, inner_result, error)
+        value = None if result is None else self._finite(
+            self.score_of(rec) if result.get(self.metric) is None else result[self.metric])
+        if trial_id in self.inner._ot_trials:
+            self.inner.on_trial_complete(
+                trial_id, None if result is None else {**result, self.metric: value}, error)
+        elif value is not None:  # Tune resumed it after a restore (resume_errored): the
+            # restored study holds it as ended, so its outcome comes as a trial of its own
+            self.inner.add_evaluated_point(self._params(rec.config, rec.unit), value,
+                                           error=error)
         super().on_trial_complete(trial_id, result, error)
 
     def _finite(self, value) -> float:

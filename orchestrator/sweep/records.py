@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from models.objective import Objective
 from orchestrator.cluster.storage import Storage
-from searchspaces.trial import ROUND_KEY, reported_epochs
+from orchestrator.trial_protocol import ROUND_KEY, reported_epochs
 
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
             "train_seconds", "samples_per_second", "caviar_status", "node_ip", "hostname",

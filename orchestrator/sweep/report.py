@@ -1,7 +1,8 @@
 """What a sweep leaves behind: summary.json, trials.csv and the table of its top trials.
 
 Built from the sweep's event log (records.py), which survives driver crashes,
-and the strategy's rounds (strategy.json).
+and the strategy's rounds (strategy.json); the playbook's warnings (a best point
+on the space's edge, many diverged trials) from both and the space.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from models.files import atomic_path, atomic_write
 from models.objective import Objective
 from orchestrator.sweep.records import LOG_FILE, STATE_FILE, TrialLog
-from searchspaces.trial import SEED_KEY, hyperparameters
+from orchestrator.trial_protocol import SEED_KEY, hyperparameters
 
 STATUSES = ("completed", "early_stopped", "diverged", "failed")
 SUMMARY_FILE, TRIALS_CSV = "summary.json", "trials.csv"
@@ -84,9 +85,34 @@ def _best(rows: list[dict], objective: Objective) -> dict | None:
             "mlflow_run_id": None}
 
 
-def _warnings(state: dict, rows: list[dict], counts: dict) -> list[str]:
-    """The playbook's warnings: a best point on the space's edge, many diverged trials."""
-    warnings = [e["message"] for e in state.get("edges", [])]
+EDGE_MARGIN = 0.05  # of unit space: a best value this near a bound is on the space's edge
+
+
+def edges(space, config: dict, margin: float = EDGE_MARGIN) -> list[dict]:
+    """The tuned numeric parameters whose value in ``config`` (the best trial's) lies
+    within ``margin`` of a bound of the space, in unit space: the playbook's "the best
+    point is on the boundary, widen the space"."""
+    out = []
+    for p in space.tuned:
+        if not hasattr(p, "scale") or p.name not in config:
+            continue
+        value = config[p.name]
+        side = ("lower" if value <= p.from_unit(margin)
+                else "upper" if value >= p.from_unit(1.0 - margin) else None)
+        if side:
+            out.append({"parameter": p.name, "edge": side, "value": value,
+                        "message": f"best {p.name} is on the {side} edge ({value:.4g} of "
+                                   f"[{p.scale.low:g}, {p.scale.high:g}]): widen the space"})
+    return out
+
+
+def _warnings(spec, rows: list[dict], counts: dict) -> list[str]:
+    """The playbook's warnings: the best point on the space's edge (within the
+    strategy's margin where it widens its boxes by one: coarse to fine), many diverged
+    trials."""
+    top = ranked(rows, spec.metric)
+    margin = getattr(spec.strategy, "margin", EDGE_MARGIN)
+    warnings = [e["message"] for e in edges(spec.space, top[0]["config"], margin)] if top else []
     if rows and counts["diverged"] / len(rows) > 0.2:
         warnings.append(f"{counts['diverged']} of {len(rows)} trials diverged: the space reaches "
                         "infeasible values (often too high a learning rate); narrow it")
@@ -104,7 +130,8 @@ def _rounds(state: dict, rows: list[dict]) -> list[dict]:
 
 def build_summary(spec, sweep_dir, results, started: float,
                   budget: int | None = None) -> tuple[dict, list[dict]]:
-    """(summary.json's content: DESIGN.md's contract plus ``warnings``; the trial rows)."""
+    """(summary.json's content, the contract other tools read, with ``warnings``; the
+    trial rows)."""
     rows = trial_rows(TrialLog(sweep_dir / LOG_FILE), spec.metric, _errors(results))
     state_path = sweep_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -119,7 +146,7 @@ def build_summary(spec, sweep_dir, results, started: float,
         "trials": {"total": len(rows), **counts},
         "best": _best(rows, spec.metric),
         "rounds": _rounds(state, rows),
-        "warnings": _warnings(state, rows, counts),
+        "warnings": _warnings(spec, rows, counts),
         "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
     }
     return summary, rows

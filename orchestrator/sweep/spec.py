@@ -30,11 +30,11 @@ from pathlib import Path
 from models.config import MODEL_KEYS, RULES
 from models.data import DataError, DataSpec
 from models.objective import METRICS, Objective
+from orchestrator.fields import fail, flag, known, number, only_keys, section, unknown, whole
 from orchestrator.strategies import budget, parse_strategy, to_dict
 from orchestrator.tracking.registry import MODEL_NAME
 from orchestrator.tracking.store import CREDENTIALS_FROM_ENV, password_in, redacted
 from searchspaces import SearchSpace, SpecError
-from searchspaces.fields import fail, flag, known, number, only_keys, section, unknown, whole
 from searchspaces.yamlio import load_mapping
 
 BUILTIN_SPACES = Path(__file__).resolve().parents[2] / "searchspaces"

@@ -38,7 +38,7 @@ from orchestrator import caviar_version
 from orchestrator.cluster.hardware import hardware_fingerprint
 from orchestrator.cluster.storage import Storage
 from orchestrator.sweep.records import ORPHANS
-from searchspaces.trial import EPOCHS_KEY, SEED_KEY, hyperparameters
+from orchestrator.trial_protocol import EPOCHS_KEY, SEED_KEY, hyperparameters
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune checkpoint folder (PBT)
 KEEP = 2  # own checkpoints kept per trial

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from models.files import atomic_write
 from orchestrator.tracking.store import artifact_root, ensure_sqlite_store, redacted
+from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, hyperparameters
 from searchspaces.errors import CaviarError
-from searchspaces.trial import ROUND_KEY, SEED_KEY, hyperparameters
 
 STATE_FILE = "mlflow.json"
 SWEEP_KEYS = ("parent_params", "parent_tags", "sweep_uid")  # in STATE_FILE, whatever the store

@@ -13,7 +13,8 @@ from scipy.stats import chisquare
 
 import searchspaces
 from models.config import RULES, split_config
-from searchspaces import SearchSpace, sample
+from orchestrator.strategies import sample
+from searchspaces import SearchSpace
 from searchspaces.sampling import grid_points_per_parameter
 
 SPACES = Path(searchspaces.__file__).resolve().parent
@@ -165,9 +166,10 @@ def test_grid_ignores_the_seed(lr_vs_eps):
     assert sample(lr_vs_eps, "grid", 25, seed=1) == sample(lr_vs_eps, "grid", 25, seed=2)
 
 
-def test_unknown_strategy_is_refused(lr_vs_eps):
-    with pytest.raises(ValueError, match="unknown strategy 'tpe'"):
-        sample(lr_vs_eps, "tpe", 5, 0)
+@pytest.mark.parametrize("kind", ["tpe", "coarse_to_fine", "annealing"])
+def test_a_strategy_that_cannot_sample_ahead_of_results_is_refused(lr_vs_eps, kind):
+    with pytest.raises(ValueError, match=f"strategy '{kind}' cannot sample ahead of results"):
+        sample(lr_vs_eps, kind, 5, 0)
 
 
 # --- grid: k = round(N ** (1/d)) points per tuned parameter ----------------------------

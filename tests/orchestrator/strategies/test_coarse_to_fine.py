@@ -1,9 +1,10 @@
 """Coarse to fine on an analytic objective with a known optimum, its rounds and its waiting.
 
-DESIGN.md, "Coarse to fine": round 0 samples the whole space; after each round
+Round 0 samples the whole space; after each round
 the top ``keep`` fraction of trials defines a box in unit space (their min and
 max, widened by ``margin``) and the next round samples inside it; choices narrow
-to the values the top trials used; a best point on the space's edge is reported.
+to the values the top trials used; its best point on the space's edge gets the sweep
+report's warning.
 The box's mechanics are tested with uniform draws in it and whole rounds
 (``MECHANICS``); the defaults (TPE's ratio among draws, points on the space's
 bounds, asynchronous rounds) at the end of the file.
@@ -17,6 +18,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from orchestrator.strategies import ROUND_KEY, CoarseToFineStrategy, make_strategy
+from orchestrator.sweep import report
 from searchspaces import ChoiceParameter, SearchSpace
 
 METRIC = "loss"
@@ -114,7 +116,7 @@ def test_zooms_in_on_the_optimum(sampler, mode, seed):
     pick = min if mode == "min" else max
     best_of = {r: pick(v for c, v in trials if c[ROUND_KEY] == r) for r in range(4)}
     assert best_of[3] == pick(best_of[0], best_of[3]) and best_of[3] != best_of[0], best_of
-    assert strategy.report()["edges"] == []  # the optimum is in the middle of the space
+    assert best_edges(strategy) == []  # the optimum is in the middle of the space
 
 
 @pytest.mark.parametrize("sampler", ["random", "quasi_random"])
@@ -152,6 +154,12 @@ def test_mode_max_mirrors_mode_min():
 
 # --- the best point on the space's edge ----------------------------------------------
 
+
+def best_edges(strategy) -> list[dict]:
+    """The sweep report's edge warnings for the strategy's best trial (within its margin)."""
+    return report.edges(SPACE, strategy.trials[strategy.best_id].config, strategy.margin)
+
+
 @pytest.mark.parametrize("sampler", ["random", "quasi_random"])
 @pytest.mark.parametrize("mode", ["min", "max"])
 @pytest.mark.parametrize(("name", "value", "side"), [
@@ -162,7 +170,7 @@ def test_best_point_on_the_edge_is_reported(sampler, mode, name, value, side):
     best = {**BEST, name: value}
     strategy = c2f(mode, sampler=sampler)
     sweep(strategy, best)
-    edges = strategy.edges()
+    edges = best_edges(strategy)
     assert [e["parameter"] for e in edges] == [name], edges
     edge = edges[0]
     assert edge["edge"] == side
@@ -170,7 +178,6 @@ def test_best_point_on_the_edge_is_reported(sampler, mode, name, value, side):
     assert name in edge["message"]
     assert SPACE[name].to_unit(edge["value"]) == pytest.approx(0.0 if side == "lower" else 1.0,
                                                               abs=0.05)
-    assert strategy.report()["edges"] == edges
 
 
 # --- waiting for a round, and the round counter --------------------------------------
@@ -287,7 +294,7 @@ def test_points_go_on_a_bound_of_the_space_once_the_box_reaches_it():
     assert all(lr < 1.0 for r, lr in trials if r == 0)  # round 0's draws: never exactly
     later = [lr for r, lr in trials if r > 0]
     assert sum(lr == 1.0 for lr in later) >= len(later) // 4, later
-    assert strategy.report()["edges"][0]["edge"] == "upper"
+    assert best_edges(strategy)[0]["edge"] == "upper"
     trials, _ = lrs({"bound_share": 0.0})
     assert all(lr < 1.0 for _, lr in trials)
 

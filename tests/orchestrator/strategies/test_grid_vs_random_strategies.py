@@ -15,7 +15,8 @@ from ray.tune.search import Searcher
 
 import searchspaces
 from models.config import RULES
-from orchestrator.strategies import ROUND_KEY, SEED_KEY, make_strategy
+from orchestrator.strategies import ROUND_KEY, SAMPLED, SEED_KEY, make_strategy, sample
+from orchestrator.trial_protocol import hyperparameters
 from searchspaces import SearchSpace
 
 SPACE_FILE = Path(searchspaces.__file__).resolve().parent / "lr_vs_eps.yaml"
@@ -89,3 +90,14 @@ def test_quasi_random_covers_each_lr_decade_evenly(space):
     counts = [sum(10.0 ** k <= c["lr"] < 10.0 ** (k + 1) for c in configs) for k in range(-4, 0)]
     assert sum(counts) == 25
     assert sorted(counts) == [6, 6, 6, 7], counts
+
+
+@pytest.mark.parametrize(("section", "n"), [
+    ({"kind": "random", "trials": 25}, 25), ({"kind": "quasi_random", "trials": 25}, 25),
+    ({"kind": "grid", "points": 5}, 25), ({"kind": "grid", "points": 3}, 10)])
+def test_caviar_sample_prints_what_a_sweep_with_the_strategy_tries(space, section, n):
+    """``caviar sample`` draws through the registry's strategies: the configurations of a
+    sweep of ``n`` trials (grid: k = round(n ** (1/d)) points per parameter)."""
+    tried = run(make_strategy(section, space, METRIC, "min", 4))
+    assert sample(space, section["kind"], n, 4) == [hyperparameters(c) for c in tried]
+    assert SAMPLED == ("random", "quasi_random", "grid")

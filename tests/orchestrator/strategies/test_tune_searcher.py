@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from orchestrator.strategies import KINDS, budget, parse_strategy, searcher
-from orchestrator.strategies._base import tune_statuses
+from orchestrator.strategies._restored import tune_statuses
 from searchspaces import SearchSpace, SpecError
 
 # Ray's workers cannot import this test module: its trainables travel by value.
@@ -116,18 +116,34 @@ def test_a_param_space_with_search_domains_is_refused_and_constants_reach_the_tr
         tmp_path):
     ray.init(address="local", num_cpus=1, include_dashboard=False)
 
-    def tuner(param_space):
+    def tuner(param_space, strategy, metric=METRIC, mode="min"):
         return tune.Tuner(_report_config, param_space=param_space,
-                          tune_config=tune.TuneConfig(search_alg=searcher(
-                              {"kind": "random", "trials": 2}, SPACE), metric=METRIC,
-                              mode="min", num_samples=-1),  # Tune passes these along
+                          tune_config=tune.TuneConfig(search_alg=strategy, metric=metric,
+                                                      mode=mode, num_samples=-1),
                           run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
 
+    own = searcher({"kind": "random", "trials": 2}, SPACE, metric=METRIC, mode="min")
     with pytest.raises(Exception, match="unresolved parameters"):
-        tuner({"lr": tune.uniform(0.1, 0.2), "width": 7}).fit()
-    results = tuner({"width": 7}).fit()
+        tuner({"lr": tune.uniform(0.1, 0.2), "width": 7}, own, "width", "max").fit()
+    assert (own.metric, own.mode) == (METRIC, "min")  # refused: it took nothing
+    told = searcher({"kind": "random", "trials": 2}, SPACE)  # Tune passes the Tuner's along
+    results = tuner({"width": 7}, told).fit()
+    assert (told.metric, told.mode) == (METRIC, "min")
     assert [r.metrics["width"] for r in results] == [7, 7]
     assert all(1e-4 <= r.config["lr"] <= 1.0 for r in results)  # the strategy's, not raw
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_set_search_properties_takes_the_metric_and_mode_only_when_it_accepts(kind):
+    """True: the param_space's constants accepted, the metric and mode taken. False (a
+    search domain there, as Ray's own searchers answer): nothing taken."""
+    s = searcher(kind, SPACE, metric=METRIC, mode="min")
+    for domains in ({"lr": tune.uniform(0.1, 0.2)}, {"width": tune.grid_search([1, 2])},
+                    {"nested": {"lr": tune.loguniform(1e-3, 1.0)}}):
+        assert s.set_search_properties("val_accuracy", "max", domains) is False
+        assert (s.metric, s.mode) == (METRIC, "min")
+    assert s.set_search_properties("val_accuracy", "max", {"width": 7}) is True
+    assert (s.metric, s.mode) == ("val_accuracy", "max")
 
 
 # -- tpe: the Tuner's metric and mode reach Optuna ----------------------------------------
@@ -164,8 +180,12 @@ def _fail_once(config):
     tune.report({METRIC: bowl(config)})
 
 
+@pytest.mark.parametrize("again", ["restart_errored", "resume_errored"])
 @pytest.mark.usefixtures("ray_shutdown")
-def test_tpe_survives_a_restore_that_restarts_errored_trials(tmp_path):
+def test_tpe_survives_a_restore_that_restarts_errored_trials(tmp_path, again):
+    """restart_errored re-runs the failed trial under a new id, which the strategy never
+    suggested; resume_errored under its own, which the restored Optuna study holds as
+    ended (it raised KeyError): its outcome reaches the ledger and the study."""
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     first = tune.Tuner(
         _fail_once, param_space={"flag": str(tmp_path / "failed-once")},
@@ -174,12 +194,19 @@ def test_tpe_survives_a_restore_that_restarts_errored_trials(tmp_path):
                                     metric=METRIC, mode="min", num_samples=-1),
         run_config=tune.RunConfig(name="tpe", storage_path=str(tmp_path), verbose=0))
     assert first.fit().num_errors == 1
-    # The errored trial comes back under a new id, which the strategy never suggested.
-    again = tune.Tuner.restore(str(tmp_path / "tpe"), trainable=_fail_once,
-                               restart_errored=True)
-    results = again.fit()
+    results = tune.Tuner.restore(str(tmp_path / "tpe"), trainable=_fail_once,
+                                 **{again: True}).fit()
     assert results.num_errors == 0 and len(results) == 3
     assert sorted(r.config["_seed"] for r in results) == [0, 1, 2]
+    state = _searcher_state(tmp_path / "tpe")
+    errored = [t["error"] for t in state["trials"].values()]
+    studied = sorted(t["state"] for t in state["study"])
+    if again == "resume_errored":
+        assert errored == [False] * 3
+        assert studied == ["COMPLETE"] * 3 + ["FAIL"]  # its first try, then its outcome
+    else:
+        assert sorted(errored) == [False, False, True]  # the new id is not the strategy's
+        assert studied == ["COMPLETE"] * 2 + ["FAIL"]
 
 
 # -- add_evaluated_point: known results, outside the budget -------------------------------
@@ -297,14 +324,23 @@ def _newest_snapshot(directory) -> float:
     return max(p.stat().st_mtime for p in directory.glob("experiment_state-*.json"))
 
 
+def _searcher_state(directory) -> dict | None:
+    """The searcher's newest saved state (caviar writes it as JSON, a file per Tune
+    session, named by its start: a sync at the end touches them all); None while there
+    is none or it is being written."""
+    try:
+        newest = max(directory.glob("searcher-state-*.pkl"), key=lambda p: p.name)
+        return json.loads(newest.read_text())
+    except (OSError, ValueError):  # none yet, or mid-write: the next look
+        return None
+
+
 def _searcher_done(directory) -> list[bool] | None:
-    """Each trial's ``done`` in the searcher's saved state (caviar writes it as JSON)."""
-    for path in directory.glob("searcher-state-*.pkl"):
-        try:
-            return sorted(t["done"] for t in json.loads(path.read_text())["trials"].values())
-        except (OSError, ValueError, KeyError):
-            return None  # mid-write: the next look
-    return None
+    """Each trial's ``done`` in the searcher's saved state."""
+    try:
+        return sorted(t["done"] for t in _searcher_state(directory)["trials"].values())
+    except (TypeError, KeyError):
+        return None
 
 
 @pytest.mark.usefixtures("ray_shutdown")

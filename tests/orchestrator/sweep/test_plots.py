@@ -10,7 +10,8 @@ import pytest
 from models.objective import Objective
 from orchestrator.sweep import plots
 from orchestrator.sweep.plots import _unit_axis, importance, make_plots
-from searchspaces import SearchSpace, sample
+from searchspaces import SearchSpace
+from searchspaces.sampling import random_unit
 
 SPACE = SearchSpace.from_dict({"parameters": {
     "lr": {"scale": "log", "low": 1e-4, "high": 1.0, "priority": 1},
@@ -24,7 +25,8 @@ def rows_where_only_lr_matters(n: int = 40, seed: int = 0) -> list[dict]:
     """Trials whose val_loss depends on lr alone (best at 1e-2), plus a little noise."""
     rng = np.random.default_rng(seed)
     rows = []
-    for i, config in enumerate(sample(SPACE, "random", n, seed)):
+    unit = random_unit(len(SPACE.tuned), n, seed)  # what the random strategy draws
+    for i, config in enumerate(SPACE.config_from_unit(u) for u in unit):
         loss = (math.log10(config["lr"]) + 2) ** 2 + 0.05 + 0.01 * rng.random()
         history = {e: {"val_loss": loss * (1 + 1 / e), "val_accuracy": 0.5} for e in (1, 2, 3)}
         rows.append({"trial_id": f"t{i}", "round": i * 2 // n, "status": "completed",

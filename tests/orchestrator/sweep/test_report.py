@@ -18,6 +18,7 @@ import pytest
 from conftest import sweep_dict
 
 from models.objective import Objective
+from orchestrator.sweep import report
 from orchestrator.sweep.records import LOG_FILE, STATE_FILE, TrialLog
 from orchestrator.sweep.report import (
     build_summary,
@@ -28,13 +29,14 @@ from orchestrator.sweep.report import (
     write_outputs,
 )
 from orchestrator.sweep.spec import parse_sweep
+from searchspaces import SearchSpace
 
 MIN = Objective("val_loss", "min")
 MAX = Objective("val_accuracy", "max")
-SPACE = {"lr": {"scale": "log", "low": 1e-3, "high": 0.3},
+SPACE = {"lr": {"scale": "log", "low": 1e-2, "high": 0.3},
          "hidden_units": {"scale": "linear", "type": "int", "low": 16, "high": 64},
          "optimizer": {"fixed": "sgd"}}
-EDGE = "best lr is on the upper edge (0.3 of [0.001, 0.3]): widen the space"
+EDGE = "best lr is on the lower edge (0.01 of [0.01, 0.3]): widen the space"  # t1's
 
 
 def make_spec(**overrides):
@@ -81,9 +83,8 @@ def write_sweep_log(sweep_dir, diverged: int = 2) -> None:
 def write_state(sweep_dir) -> None:
     state = {"strategy": "random",
              # counts as of the file's last write: the summary's come from the event log
-             "rounds": [{"round": 0, "trials": 1, "box": {"lr": [0.001, 0.3]}},
-                        {"round": 1, "trials": 0, "box": {"lr": [0.01, 0.3]}}],
-             "edges": [{"parameter": "lr", "edge": "upper", "value": 0.3, "message": EDGE}]}
+             "rounds": [{"round": 0, "trials": 1, "box": {"lr": [0.01, 0.3]}},
+                        {"round": 1, "trials": 0, "box": {"lr": [0.02, 0.3]}}]}
     (sweep_dir / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -190,8 +191,8 @@ def test_build_summary_gives_design_md_summary(sweep_dir):
         "seed": 100, "round": 0, "epoch": 2,
         "metrics": {"val_loss": 0.5, "val_accuracy": 0.8, "train_loss": 0.45},
         "mlflow_run_id": None}
-    assert summary["rounds"] == [{"round": 0, "trials": 2, "box": {"lr": [0.001, 0.3]}},
-                                 {"round": 1, "trials": 3, "box": {"lr": [0.01, 0.3]}}]
+    assert summary["rounds"] == [{"round": 0, "trials": 2, "box": {"lr": [0.01, 0.3]}},
+                                 {"round": 1, "trials": 3, "box": {"lr": [0.02, 0.3]}}]
     assert summary["warnings"][0] == EDGE
     assert len(summary["warnings"]) == 2
     assert summary["warnings"][1].startswith("2 of 5 trials diverged")
@@ -235,11 +236,54 @@ def test_the_diverged_warning_needs_more_than_a_fifth_of_the_trials(tmp_path, di
     assert any("diverged" in w for w in summary["warnings"]) is warned
 
 
-def test_a_sweep_without_strategy_json_has_no_rounds_nor_edge_warnings(tmp_path):
+def test_a_sweep_without_strategy_json_has_no_rounds_and_still_its_edge_warning(tmp_path):
     write_sweep_log(tmp_path, diverged=1)
     summary, _ = build_summary(make_spec(), tmp_path, [], time.time())
-    assert summary["rounds"] == [] and summary["warnings"] == []
+    assert summary["rounds"] == [] and summary["warnings"] == [EDGE]
     assert summary["best"]["trial_id"] == "t1"
+
+
+def test_the_edge_warning_follows_the_best_trial_of_the_metric(sweep_dir):
+    """By val_accuracy t2 is best, its lr 0.3 on the upper edge; t1's 0.01 says nothing."""
+    summary, _ = build_summary(make_spec(metric={"name": "val_accuracy"}), sweep_dir, [],
+                               time.time())
+    assert summary["warnings"][0] == (
+        "best lr is on the upper edge (0.3 of [0.01, 0.3]): widen the space")
+    assert not any("lower edge" in w for w in summary["warnings"])
+
+
+def test_a_sweep_whose_every_trial_diverged_has_no_best_nor_edge_warning(tmp_path):
+    """A diverged trial's lr at the edge says nothing about where the optimum is."""
+    log = TrialLog(tmp_path / LOG_FILE)
+    write_trial(log, "t1", 0, 100, 0.01, 16, [m(math.nan, None)], "diverged")
+    log.close()
+    summary, _ = build_summary(make_spec(), tmp_path, [], time.time())
+    assert summary["best"] is None
+    assert not any("edge" in w for w in summary["warnings"])
+
+
+EDGE_SPACE = SearchSpace.from_dict({"parameters": {
+    "lr": {"scale": "log", "low": 1e-4, "high": 1.0},
+    "layers": {"scale": "linear", "type": "int", "low": 2, "high": 4},
+    "batch_size": {"choice": [32, 64]}}})
+
+
+@pytest.mark.parametrize(("config", "margin", "found"), [
+    ({"lr": 1e-4, "layers": 3, "batch_size": 32}, 0.05, [("lr", "lower")]),
+    ({"lr": 1.5e-4, "layers": 3, "batch_size": 32}, 0.05, [("lr", "lower")]),  # u 0.044
+    ({"lr": 2e-4, "layers": 3, "batch_size": 32}, 0.05, []),  # u 0.075
+    ({"lr": 2e-4, "layers": 3, "batch_size": 32}, 0.1, [("lr", "lower")]),
+    ({"lr": 0.7, "layers": 4, "batch_size": 64}, 0.05, [("lr", "upper"), ("layers", "upper")]),
+    ({"lr": 0.01, "layers": 2, "batch_size": 32}, 0.05, [("layers", "lower")]),
+    ({"lr": 0.01, "layers": 3, "batch_size": 64}, 0.05, []),  # a choice has no edge
+], ids=["on-bound", "near", "not-near", "wider-margin", "two", "int", "middle"])
+def test_edges_name_the_parameters_of_a_config_near_a_bound(config, margin, found):
+    edges = report.edges(EDGE_SPACE, config, margin)
+    assert [(e["parameter"], e["edge"]) for e in edges] == found
+    for e in edges:
+        assert e["value"] == config[e["parameter"]]
+        assert e["message"].startswith(f"best {e['parameter']} is on the {e['edge']} edge")
+        assert e["message"].endswith("widen the space")
 
 
 def test_a_sweep_without_results_has_no_best(tmp_path):

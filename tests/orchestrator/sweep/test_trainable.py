@@ -30,7 +30,7 @@ from orchestrator.sweep.trainable import (
     save_epoch,
     train_trial,
 )
-from searchspaces.trial import EPOCHS_KEY, reported_epochs
+from orchestrator.trial_protocol import EPOCHS_KEY, reported_epochs
 
 CFG = MLPConfig(hidden_units=8, layers=1)
 HP = HParams(lr=0.05)

@@ -1,8 +1,9 @@
-"""What a search hands each trial (searchspaces/trial.py): hyperparameters without bookkeeping."""
+"""What a search hands each trial (orchestrator/trial_protocol.py): hyperparameters without
+bookkeeping."""
 
 from __future__ import annotations
 
-from searchspaces.trial import META_PREFIX, ROUND_KEY, SEED_KEY, hyperparameters
+from orchestrator.trial_protocol import META_PREFIX, ROUND_KEY, SEED_KEY, hyperparameters
 
 
 def test_the_bookkeeping_keys_start_with_the_meta_prefix():

@@ -1,4 +1,4 @@
-"""Field checks of caviar's files (searchspaces/fields.py) and the SpecError they raise
+"""Field checks of caviar's files (orchestrator/fields.py) and the SpecError they raise
 (searchspaces/errors.py): each message names the file, the dotted key, the rule and the value."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from orchestrator.fields import fail, flag, number, only_keys, section, unknown, whole
 from searchspaces.errors import SpecError, did_you_mean, unknown_key
-from searchspaces.fields import fail, flag, number, only_keys, section, unknown, whole
 
 SWEEP_KEYS = ("name", "data", "space", "strategy", "epochs", "seed")
 
