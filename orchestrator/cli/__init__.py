@@ -63,8 +63,8 @@ def _bad_input() -> tuple[type[Exception], ...]:
     from models.data import DataError
     from orchestrator.panda.channel import BabysitError
     from orchestrator.rerun.recipe import RerunError
+    from orchestrator.sweep.sink import StateDamaged
     from orchestrator.tracking.registry import RegistryError
-    from orchestrator.tracking.sink import StateDamaged
     from orchestrator.tracking.store import StoreMissing
     from searchspaces import SpecError
 

@@ -71,7 +71,7 @@ from orchestrator.sweep.schedulers import (  # noqa: E402
 )
 from orchestrator.sweep.spec import SweepSpec  # noqa: E402
 from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial  # noqa: E402
-from orchestrator.tracking.sink import SyncProcess, SyncThread  # noqa: E402
+from orchestrator.tracking.sync import SyncProcess, SyncThread  # noqa: E402
 from searchspaces.errors import SpecError  # noqa: E402
 
 DEFAULT_WORKDIR = "./caviar-runs"

@@ -1,4 +1,5 @@
-"""MLflow tracking of sweeps: real MLflow (the embedded sqlite store), real Ray."""
+"""MLflow tracking of sweeps (orchestrator/sweep/sink.py, with tracking/runs.py and
+tracking/sync.py): real MLflow (the embedded sqlite store), real Ray."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 
 from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
-from orchestrator.tracking.sink import SyncThread
+from orchestrator.tracking.sync import SyncThread
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -215,7 +216,7 @@ def test_a_line_a_crash_cut_short_is_skipped_and_the_rest_is_written(tmp_path):
     """A driver killed mid-write leaves half a line; the resumed driver's log goes on on
     the next line (records.TrialLog). The export skips the broken line, every sync."""
     from orchestrator.sweep.records import LOG_FILE, TrialLog
-    from orchestrator.tracking.sink import MlflowSink
+    from orchestrator.sweep.sink import MlflowSink
 
     d = tmp_path / "s"
     d.mkdir()
@@ -261,7 +262,7 @@ def _one_trial_log(d, t: float = 1_700_000_000.0) -> None:
 def test_a_damaged_mlflow_json_is_rebuilt_from_the_runs_tags(tmp_path, capsys):
     from orchestrator.cli import main
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import STATE_FILE, MlflowSink
+    from orchestrator.sweep.sink import STATE_FILE, MlflowSink
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -285,7 +286,7 @@ def test_a_damaged_mlflow_json_is_rebuilt_from_the_runs_tags(tmp_path, capsys):
 def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out(tmp_path,
                                                                                  capsys):
     from orchestrator.cli import main
-    from orchestrator.tracking.sink import STATE_FILE
+    from orchestrator.sweep.sink import STATE_FILE
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -297,7 +298,7 @@ def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out
     assert f"{d / STATE_FILE}: damaged (not the JSON caviar wrote)" in err
     assert f"mv {d / STATE_FILE} {d / STATE_FILE}.bad" in err and "Traceback" not in err
     from orchestrator.cli import _bad_input
-    from orchestrator.tracking.sink import MlflowSink, StateDamaged
+    from orchestrator.sweep.sink import MlflowSink, StateDamaged
 
     with pytest.raises(StateDamaged, match="could not be rebuilt"):  # a resume: exit 2
         MlflowSink(other, "s", d, d / "trials.jsonl", tmp_path / "w")
@@ -311,7 +312,8 @@ def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_bac
     import time
 
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+    from orchestrator.sweep.sink import MlflowSink
+    from orchestrator.tracking.sync import SyncProcess
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -335,7 +337,8 @@ def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_bac
 def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_path,
                                                                           fail_fast):
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+    from orchestrator.sweep.sink import MlflowSink
+    from orchestrator.tracking.sync import SyncProcess
 
     d = tmp_path / "s"
     d.mkdir()
