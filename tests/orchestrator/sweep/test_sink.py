@@ -348,3 +348,49 @@ def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_p
     writer = SyncProcess(sink, every=0.2).start()
     assert writer.stop(deadline_s=0.5) is False
     assert sink.state["cursor"] == 0 and sink.state["runs"] == {}
+
+
+def test_a_state_file_an_earlier_caviar_wrote_resumes_without_writing_twice(tmp_path):
+    """mlflow.json as caviar wrote it before its writer was split from the translation
+    (the format is unchanged): a driver killed after writing epochs 1 and 2 but before
+    saving its cursor past them. The resumed export writes epoch 3 and the end: nothing
+    twice, nothing lost."""
+    from mlflow.entities import Metric, Param
+
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.sweep.sink import STATE_FILE, MlflowSink
+    from orchestrator.tracking.store import ensure_sqlite_store
+
+    d = tmp_path / "w" / "s"
+    d.mkdir(parents=True)
+    _one_trial_log(d)
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    ensure_sqlite_store(uri)
+    c = MlflowClient(uri)
+    exp = c.create_experiment("s")
+    parent = c.create_run(exp, run_name="s", tags={
+        "caviar.kind": "sweep", "caviar.sweep_uid": "u1", "caviar.sweep": "s"}).info.run_id
+    c.log_batch(parent, params=[Param("strategy", "random")])
+    trial = c.create_run(exp, run_name="trial-a", tags={
+        "mlflow.parentRunId": parent, "caviar.kind": "trial", "caviar.trial_id": "a",
+        "caviar.round": "0", "caviar.status": "running"}).info.run_id
+    t = 1_700_000_000.0
+    c.log_batch(trial, params=[Param("lr", "0.1"), Param("seed", "3")],
+                metrics=[Metric(k, v, int((t + e) * 1000), e) for e in (1, 2)
+                         for k, v in (("val_loss", 1.0 / e), ("train_loss", 1.0))])
+    after_start = len((d / LOG_FILE).read_bytes().split(b"\n")[0]) + 1
+    (d / STATE_FILE).write_text(json.dumps({
+        "tracking_uri": uri, "experiment": "s", "experiment_id": exp, "parent_run_id": parent,
+        "runs": {"a": trial}, "cursor": after_start, "config": {trial: {"lr": "0.1", "seed": "3"}},
+        "parent_params": {"strategy": "random"},
+        "parent_tags": {"mlflow.runName": "s", "caviar.sweep": "s"}, "sweep_uid": "u1",
+        "parent_params_logged": True}, indent=1))
+
+    sink = MlflowSink(uri, "s", d, d / LOG_FILE, tmp_path / "w")
+    assert sink.sync() == 4  # three epochs and the end
+    assert sorted(m.step for m in c.get_metric_history(trial, "val_loss")) == [1, 2, 3]
+    assert sorted(m.step for m in c.get_metric_history(trial, "train_loss")) == [1, 2, 3]
+    run = c.get_run(trial)
+    assert run.info.status == "FINISHED" and run.data.tags["caviar.status"] == "completed"
+    assert run.data.params == {"lr": "0.1", "seed": "3"} and len(c.search_runs([exp])) == 2
+    assert json.loads((d / STATE_FILE).read_text())["cursor"] == (d / LOG_FILE).stat().st_size
