@@ -64,7 +64,9 @@ def translate(events: list[dict], progress: ProgressOf) -> dict[str, RunBatch]:
                 b.tags["caviar.status"] = "forgotten"
                 b.end = "KILLED"
             continue
-        b = batches.get(tid) or batches.setdefault(tid, _new_batch(tid, e))
+        b = batches.get(tid)
+        if b is None:
+            b = batches[tid] = _new_batch(tid, e)
         if kind == "start":
             _start(e["config"], progress(tid), b, changed.setdefault(tid, {}))
         elif kind == "result":
