@@ -105,9 +105,11 @@ class MlflowSink:
         trials = {e["trial_id"] for e in events_of(self.log_path.read_bytes())} \
             if self.log_path.exists() else set()
         try:
-            parent, runs = find_parent(self.client, self.experiment,
-                                       {**NAMES.parent, "caviar.sweep": self.dir.name},
-                                       KEY_TAG, trials)
+            found = find_parent(self.client, self.experiment,
+                                {**NAMES.parent, "caviar.sweep": self.dir.name}, KEY_TAG, trials)
+            if found is None:
+                raise LookupError(f"no parent run of sweep {self.dir.name!r} holds its trials")
+            parent, runs = found
         except Exception as e:  # noqa: BLE001 - MLflow down, or nothing to rebuild from
             raise StateDamaged(
                 f"{self.state_path}: damaged (not the JSON caviar wrote) and it could not be "

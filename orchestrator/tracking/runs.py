@@ -257,9 +257,10 @@ class RunWriter:
 def find_parent(client, experiment: str, tags: dict[str, str], key_tag: str, keys: set[str]):
     """The newest parent run with ``tags`` whose child runs hold one of ``keys`` (any, when
     ``keys`` is empty), and its children's key -> run id: what a lost state is rebuilt from.
+    None when there is no such parent run.
 
     Raises:
-        LookupError: no such experiment, or no such parent run.
+        LookupError: no such experiment.
     """
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -272,4 +273,4 @@ def find_parent(client, experiment: str, tags: dict[str, str], key_tag: str, key
         runs = {c.data.tags[key_tag]: c.info.run_id for c in children if key_tag in c.data.tags}
         if set(runs) & keys or not keys:
             return parent, runs
-    raise LookupError(f"no parent run with {match} holds its runs")
+    return None
