@@ -67,12 +67,12 @@ def translate(events: list[dict], progress: ProgressOf) -> dict[str, RunBatch]:
         b = batches.get(tid)
         if b is None:
             b = batches[tid] = _new_batch(tid, e)
+        held = progress(tid, steps=kind == "result")
         if kind == "start":
-            _start(e["config"], progress(tid), b, changed.setdefault(tid, {}))
+            _start(e["config"], held, b, changed.setdefault(tid, {}))
         elif kind == "result":
-            _result(e, progress(tid, steps=True), b, changed.setdefault(tid, {}))
+            _result(e, held, b, changed.setdefault(tid, {}))
         elif kind == "end":
-            progress(tid)
             b.tags["caviar.status"] = e["status"]
             b.end = RUN_STATUS.get(e["status"], "FINISHED")
     return batches
