@@ -225,7 +225,7 @@ class RunWriter:
         from mlflow.entities import Metric, Param, RunTag
 
         for key, b in batches.items():
-            p = self.progress(key, find=False)
+            p = self.progress(key, find=False, steps=bool(b.steps))  # before this batch's
             run = p.run_id or self._create(key, b)
             metrics = [Metric(*m) for m in b.metrics]
             params = [Param(k, v) for k, v in b.params.items()]
