@@ -52,6 +52,7 @@ INTEGRATION: dict[str, str | tuple[str, ...]] = {
     "tests/orchestrator/sweep/test_export.py": (
         "test_sync_with_mlflow_unreachable_fails_and_keeps_the_records",),
     "tests/orchestrator/sweep/test_plots.py": ALL,
+    "tests/orchestrator/sweep/test_sink.py": ALL,
     "tests/orchestrator/sweep/test_sweep_cluster.py": ALL,
     "tests/orchestrator/sweep/test_sweep_local.py": ALL,
     "tests/orchestrator/sweep/test_sweep_resume.py": ALL,
@@ -62,7 +63,6 @@ INTEGRATION: dict[str, str | tuple[str, ...]] = {
     "tests/orchestrator/tracking/test_registry.py": (
         "test_a_held_lock_renews_its_lease",
         "test_register_version_creates_the_model_once_and_numbers_its_versions"),
-    "tests/orchestrator/tracking/test_sink.py": ALL,
     "tests/orchestrator/tracking/test_store.py": (
         "test_a_new_store_is_a_copy_of_the_cached_empty_one_as_mlflow_would_make_it",
         "test_without_a_writable_cache_the_store_is_migrated_in_place"),

@@ -106,9 +106,9 @@ def test_imports_point_down(path):
 
 def test_the_check_catches_an_upward_import():
     """The rule itself can fail: tracking importing the sweep driver, or Ray, is refused."""
-    sink = REPO / "orchestrator" / "tracking" / "sink.py"
-    text = sink.read_text() + "\nfrom orchestrator.sweep.run import run_sweep\nimport ray\n"
-    found = violations(sink, text)
+    runs = REPO / "orchestrator" / "tracking" / "runs.py"
+    text = runs.read_text() + "\nfrom orchestrator.sweep.run import run_sweep\nimport ray\n"
+    found = violations(runs, text)
     assert any("imports orchestrator.sweep.run.run_sweep (orchestrator.sweep)" in v
                for v in found)
     assert any("orchestrator.tracking imports ray" in v for v in found)

@@ -11,4 +11,6 @@
 - ``report``: summary.json, trials.csv and the table of top trials.
 - ``plots``: the sweep's PNGs.
 - ``export``: what the sweep hands MLflow: the parent run, the best model, ``caviar sync``.
+- ``sink``: the event log exported to MLflow as the sweep runs (``mlflow.json``).
+- ``mlflow_writes``: the event log translated into MLflow writes (pure, no MLflow).
 """

@@ -1,6 +1,6 @@
 """What a sweep hands MLflow: its parent run, the best model, and records that waited.
 
-The trials' runs are written by ``tracking.sink`` from the event log while the
+The trials' runs are written by ``sink`` from the event log while the
 sweep runs; this module starts that (the parent run's params and tags), and when
 the sweep ends exports the best trial's net as a model folder, logs it with the
 sweep's files to the parent run, and registers it when the sweep file asks.
@@ -17,9 +17,9 @@ from orchestrator.cluster.hardware import HARDWARE_KEYS, hardware_fingerprint
 from orchestrator.strategies import to_dict
 from orchestrator.sweep.records import LOG_FILE
 from orchestrator.sweep.report import SUMMARY_FILE, TRIALS_CSV
+from orchestrator.sweep.sink import STATE_FILE, MlflowSink, StateDamaged
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import register_version, version_tags
-from orchestrator.tracking.sink import STATE_FILE, MlflowSink, StateDamaged
 from orchestrator.tracking.store import (
     embedded_uri,
     mlflow_settings,

@@ -49,7 +49,7 @@ from orchestrator.sweep.report import build_summary, print_top, top_table, write
 from orchestrator.sweep.schedulers import decision_epochs, make_scheduler, population_space
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trainable import REPORT_ENV, REPORT_EVERY_S, train_trial
-from orchestrator.tracking.sink import SyncProcess, SyncThread
+from orchestrator.tracking.sync import SyncProcess, SyncThread
 from searchspaces.errors import EXIT_INTERRUPTED, CaviarError, SpecError
 
 __all__ = ["DEFAULT_WORKDIR", "SweepError", "SweepInterrupted", "SweepPaths", "run_sweep"]

@@ -255,7 +255,7 @@ ERRORS = [  # every caviar error: (module, class, exit code, first word of its m
     ("orchestrator.cli._common", "UsageError", 2, "error"),
     ("orchestrator.tracking.store", "StoreMissing", 2, "error"),
     ("orchestrator.tracking.registry", "RegistryError", 2, "error"),
-    ("orchestrator.tracking.sink", "StateDamaged", 2, "error"),
+    ("orchestrator.sweep.sink", "StateDamaged", 2, "error"),
     ("orchestrator.tracking.ui", "PortTaken", 2, "error"),
     ("orchestrator.panda.channel", "BabysitError", 2, "error"),
     ("orchestrator.rerun.recipe", "RerunError", 2, "error"),

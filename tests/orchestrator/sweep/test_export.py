@@ -20,10 +20,10 @@ from orchestrator.cluster.hardware import HARDWARE_KEYS, hardware_fingerprint
 from orchestrator.sweep import export
 from orchestrator.sweep.records import LOG_FILE, TrialLog
 from orchestrator.sweep.run import SweepPaths
+from orchestrator.sweep.sink import STATE_FILE, MlflowSink
 from orchestrator.sweep.spec import parse_sweep
 from orchestrator.sweep.trainable import BEST_FILE
 from orchestrator.tracking.registry import PREVIOUS, PRODUCTION, Lock
-from orchestrator.tracking.sink import STATE_FILE, MlflowSink
 from orchestrator.tracking.store import ensure_sqlite_store
 
 TRIAL = "a1b2c3"

@@ -236,7 +236,7 @@ def test_a_uri_recorded_without_its_password_is_found_again_in_the_environment(m
 def test_a_sweeps_mlflow_json_holds_no_password(tmp_path):
     import json
 
-    from orchestrator.tracking.sink import MlflowSink
+    from orchestrator.sweep.sink import MlflowSink
 
     sink = MlflowSink("http://ann:s3cret@127.0.0.1:9", "e", tmp_path, tmp_path / "log", tmp_path)
     sink._save()

@@ -1,4 +1,4 @@
-"""Tracking against a real ``mlflow server`` process on 127.0.0.1 (tracking/sink.py with a
+"""Tracking against a real ``mlflow server`` process on 127.0.0.1 (sweep/sink.py with a
 server: on SQLite and PostgreSQL backends, and the server lost mid-sweep and mid-retune).
 
 One server per backend for the module, and one Ray for its sweeps; each test has
@@ -19,7 +19,7 @@ from services import Server
 
 from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
-from orchestrator.tracking.sink import SyncThread
+from orchestrator.tracking.sync import SyncThread
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,5 @@
-"""MLflow tracking of sweeps: real MLflow (the embedded sqlite store), real Ray."""
+"""MLflow tracking of sweeps (orchestrator/sweep/sink.py, with tracking/runs.py and
+tracking/sync.py): real MLflow (the embedded sqlite store), real Ray."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 
 from orchestrator.sweep.run import run_sweep
 from orchestrator.sweep.spec import load_sweep
-from orchestrator.tracking.sink import SyncThread
+from orchestrator.tracking.sync import SyncThread
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -215,7 +216,7 @@ def test_a_line_a_crash_cut_short_is_skipped_and_the_rest_is_written(tmp_path):
     """A driver killed mid-write leaves half a line; the resumed driver's log goes on on
     the next line (records.TrialLog). The export skips the broken line, every sync."""
     from orchestrator.sweep.records import LOG_FILE, TrialLog
-    from orchestrator.tracking.sink import MlflowSink
+    from orchestrator.sweep.sink import MlflowSink
 
     d = tmp_path / "s"
     d.mkdir()
@@ -261,7 +262,7 @@ def _one_trial_log(d, t: float = 1_700_000_000.0) -> None:
 def test_a_damaged_mlflow_json_is_rebuilt_from_the_runs_tags(tmp_path, capsys):
     from orchestrator.cli import main
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import STATE_FILE, MlflowSink
+    from orchestrator.sweep.sink import STATE_FILE, MlflowSink
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -285,7 +286,7 @@ def test_a_damaged_mlflow_json_is_rebuilt_from_the_runs_tags(tmp_path, capsys):
 def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out(tmp_path,
                                                                                  capsys):
     from orchestrator.cli import main
-    from orchestrator.tracking.sink import STATE_FILE
+    from orchestrator.sweep.sink import STATE_FILE
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -296,7 +297,7 @@ def test_a_damaged_mlflow_json_mlflow_cannot_rebuild_is_refused_with_the_way_out
     err = capsys.readouterr().err
     assert f"{d / STATE_FILE}: damaged (not the JSON caviar wrote)" in err
     assert f"mv {d / STATE_FILE} {d / STATE_FILE}.bad" in err and "Traceback" not in err
-    from orchestrator.tracking.sink import MlflowSink, StateDamaged
+    from orchestrator.sweep.sink import MlflowSink, StateDamaged
     from searchspaces.errors import EXIT_BAD_INPUT
 
     with pytest.raises(StateDamaged, match="could not be rebuilt"):  # a resume: exit 2
@@ -311,7 +312,8 @@ def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_bac
     import time
 
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+    from orchestrator.sweep.sink import MlflowSink
+    from orchestrator.tracking.sync import SyncProcess
 
     d = tmp_path / "w" / "s"
     d.mkdir(parents=True)
@@ -335,7 +337,8 @@ def test_a_sync_process_writes_the_log_beside_the_driver_and_hands_its_state_bac
 def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_path,
                                                                           fail_fast):
     from orchestrator.sweep.records import LOG_FILE
-    from orchestrator.tracking.sink import MlflowSink, SyncProcess
+    from orchestrator.sweep.sink import MlflowSink
+    from orchestrator.tracking.sync import SyncProcess
 
     d = tmp_path / "s"
     d.mkdir()
@@ -345,3 +348,49 @@ def test_a_sync_process_that_cannot_reach_mlflow_says_so_and_keeps_the_log(tmp_p
     writer = SyncProcess(sink, every=0.2).start()
     assert writer.stop(deadline_s=0.5) is False
     assert sink.state["cursor"] == 0 and sink.state["runs"] == {}
+
+
+def test_a_state_file_an_earlier_caviar_wrote_resumes_without_writing_twice(tmp_path):
+    """mlflow.json as caviar wrote it before its writer was split from the translation
+    (the format is unchanged): a driver killed after writing epochs 1 and 2 but before
+    saving its cursor past them. The resumed export writes epoch 3 and the end: nothing
+    twice, nothing lost."""
+    from mlflow.entities import Metric, Param
+
+    from orchestrator.sweep.records import LOG_FILE
+    from orchestrator.sweep.sink import STATE_FILE, MlflowSink
+    from orchestrator.tracking.store import ensure_sqlite_store
+
+    d = tmp_path / "w" / "s"
+    d.mkdir(parents=True)
+    _one_trial_log(d)
+    uri = f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    ensure_sqlite_store(uri)
+    c = MlflowClient(uri)
+    exp = c.create_experiment("s")
+    parent = c.create_run(exp, run_name="s", tags={
+        "caviar.kind": "sweep", "caviar.sweep_uid": "u1", "caviar.sweep": "s"}).info.run_id
+    c.log_batch(parent, params=[Param("strategy", "random")])
+    trial = c.create_run(exp, run_name="trial-a", tags={
+        "mlflow.parentRunId": parent, "caviar.kind": "trial", "caviar.trial_id": "a",
+        "caviar.round": "0", "caviar.status": "running"}).info.run_id
+    t = 1_700_000_000.0
+    c.log_batch(trial, params=[Param("lr", "0.1"), Param("seed", "3")],
+                metrics=[Metric(k, v, int((t + e) * 1000), e) for e in (1, 2)
+                         for k, v in (("val_loss", 1.0 / e), ("train_loss", 1.0))])
+    after_start = len((d / LOG_FILE).read_bytes().split(b"\n")[0]) + 1
+    (d / STATE_FILE).write_text(json.dumps({
+        "tracking_uri": uri, "experiment": "s", "experiment_id": exp, "parent_run_id": parent,
+        "runs": {"a": trial}, "cursor": after_start, "config": {trial: {"lr": "0.1", "seed": "3"}},
+        "parent_params": {"strategy": "random"},
+        "parent_tags": {"mlflow.runName": "s", "caviar.sweep": "s"}, "sweep_uid": "u1",
+        "parent_params_logged": True}, indent=1))
+
+    sink = MlflowSink(uri, "s", d, d / LOG_FILE, tmp_path / "w")
+    assert sink.sync() == 4  # three epochs and the end
+    assert sorted(m.step for m in c.get_metric_history(trial, "val_loss")) == [1, 2, 3]
+    assert sorted(m.step for m in c.get_metric_history(trial, "train_loss")) == [1, 2, 3]
+    run = c.get_run(trial)
+    assert run.info.status == "FINISHED" and run.data.tags["caviar.status"] == "completed"
+    assert run.data.params == {"lr": "0.1", "seed": "3"} and len(c.search_runs([exp])) == 2
+    assert json.loads((d / STATE_FILE).read_text())["cursor"] == (d / LOG_FILE).stat().st_size
