@@ -20,9 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, hyperparameters
-
 from orchestrator.tracking.runs import Progress, RunBatch
+from orchestrator.trial_protocol import ROUND_KEY, SEED_KEY, hyperparameters
 
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "samples_per_second")
