@@ -19,14 +19,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-PAGES = sorted(DOCS.rglob("*.md"))
+PAGES = sorted(DOCS.rglob("*.md"))  # the site's pages; README.md's blocks run too
 MARKED = re.compile(r"^<!-- run(?:: (\S+))? -->\n```(\w+)[^\n]*\n(.*?)^```", re.M | re.S)
 
 
 def marked_blocks() -> list[tuple[str, str | None, str, str]]:
     """(page, marker argument, language, code) of every marked block."""
     out = []
-    for page in PAGES:
+    for page in [*PAGES, REPO / "README.md"]:
         for m in MARKED.finditer(page.read_text(encoding="utf-8")):
             out.append((str(page.relative_to(REPO)), m.group(1), m.group(2), m.group(3)))
     return out
