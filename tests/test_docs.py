@@ -94,8 +94,11 @@ def test_a_shell_block_runs(page, code, tmp_path):
 
 
 def _options(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
-    """(command path, option string) of every long option of every (sub)command."""
+    """(command path, option string) of every long option of every (sub)command; hidden
+    ones (help suppressed: test hooks) left out."""
     for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield path + (name,), None
