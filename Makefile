@@ -3,11 +3,12 @@
 #   make test   creates .venv, installs caviar with its dev tools, runs ruff and the tests
 #
 # torch is installed first and on its own, so pip takes the build you choose
-# rather than whatever a dependency's unpinned `torch` would pull. The default
-# pins the CPU build that lies on this project's machines' disk; on a GPU
-# machine pass the build you want, e.g. `make demo TORCH="torch==2.13.0"` with
-# PIP_INDEX_URL pointing at the CUDA wheels, or install torch into .venv
-# yourself first: a torch already in .venv is kept.
+# rather than whatever a dependency's unpinned `torch` would pull. TORCH names a
+# version, not a build: from PyPI, Linux gets the CUDA 13.0 build. For another
+# build, install it into .venv yourself first (a torch already in .venv is kept),
+# e.g. `python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 --index-url
+# https://download.pytorch.org/whl/cpu` (docs/getting-started.md). Not PIP_INDEX_URL
+# for the whole make: every other package would be looked up on that index too.
 #
 # Every package comes at the version in deploy/docker/constraints.txt (the images' pins):
 # the tests run in the environment users deploy, and no upstream release changes it.

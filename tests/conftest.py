@@ -47,7 +47,7 @@ INTEGRATION: dict[str, str | tuple[str, ...]] = {
     "tests/orchestrator/strategies/test_tune_searcher.py": (
         "test_a_param_space_with_search_domains_is_refused_and_constants_reach_the_trainable",
         "test_coarse_to_fine_restored_without_its_unfinished_trials_closes_the_round",
-        "test_the_readme_example_runs_a_plain_tuner",
+        "test_the_docs_example_runs_a_plain_tuner",
         "test_tpe_survives_a_restore_that_restarts_errored_trials"),
     "tests/orchestrator/sweep/test_export.py": (
         "test_sync_with_mlflow_unreachable_fails_and_keeps_the_records",),
@@ -70,6 +70,7 @@ INTEGRATION: dict[str, str | tuple[str, ...]] = {
     "tests/orchestrator/tracking/test_ui.py": ALL,
     "tests/test_deploy_manifests.py": ("test_a_core_object_broken_on_purpose_fails",
                                        "test_each_overlay_renders_with_kustomize_into_valid_objects"),
+    "tests/test_docs.py": ("test_a_shell_block_runs",),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -56,3 +57,16 @@ def test_the_crontab_line_runs_caviar_retune_nightly():
     assert fields[:2] != ["*", "*"] and fields[2:5] == ["*", "*", "*"]  # once a day
     command = shlex.split(fields[5].split("&&")[-1].split(">>")[0])
     assert build_parser().parse_args(caviar_args(command)).func is cmd_retune
+
+
+def test_the_crontab_wrapper_reports_every_exit_but_0_and_3():
+    """cron mails what the line prints: a failure, bad input, a `timeout` kill (124) or a
+    signal, never a clean run or another job holding the lock (3)."""
+    [line] = [line for line in (DEPLOY / "cron" / "caviar-retune.crontab").read_text()
+              .splitlines() if "caviar retune" in line and not line.startswith("#")]
+    wrapper = line.split("2>&1;", 1)[1]
+    for rc, mailed in ((0, False), (1, True), (2, True), (3, False), (124, True), (137, True)):
+        said = subprocess.run(["bash", "-c", f"(exit {rc});{wrapper}"], capture_output=True,
+                              text=True, timeout=30).stdout
+        assert bool(said.strip()) == mailed, (rc, said)
+        assert ("timeout" in said) == (rc == 124), (rc, said)

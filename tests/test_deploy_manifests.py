@@ -723,17 +723,19 @@ def test_the_clusters_sweep_and_the_readmes_sweep_have_names_of_their_own():
     """The RayJob's sweep and the sweeps deploy/README.md submits keep their trials in
     the same storage, where a name is taken once (a second sweep of it is refused):
     their names differ, and so do the models they register. The re-tune watches the
-    RayJob's model."""
+    RayJob's model. A sweep sent by hand to the shared cluster makes nothing production:
+    production on its tracking server moves through the re-tune job's gate."""
     base = sweep_file(K8S / "base" / "config" / "sweep.yaml")
     cpu = sweep_file(K8S / "overlays" / "cpu" / "sweep.yaml")
     assert (cpu["name"], cpu["register"]["name"]) == (base["name"], base["register"]["name"])
     readme = (DEPLOY / "README.md").read_text()
     submitted = set(re.findall(r"caviar submit (\S+\.yaml)", readme))
-    assert "sweeps/digits.yaml" in submitted
+    assert "sweeps/digits-cluster.yaml" in submitted
     for name in submitted:
         other = sweep_file(REPO / name)
         assert other["name"] != base["name"], name
         assert other["register"]["name"] != base["register"]["name"], name
+        assert not other["register"].get("promote"), name
     retune = sweep_file(K8S / "base" / "config" / "retune.yaml")
     assert retune["model"] == base["register"]["name"] and retune["sweep"] == "sweep.yaml"
 

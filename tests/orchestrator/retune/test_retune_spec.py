@@ -88,7 +88,7 @@ def test_the_default_search_is_two_rounds_of_a_quarter_of_the_cold_budget(minima
     assert minimal.sweep.budget == 24
     assert (s.rounds, s.trials_per_round, s.width) == (2, 24 // 4, 0.2)
     assert (s.keep, s.margin) == (0.25, 0.05)  # the warm search's own, not the sweep's 0.1
-    assert s.budget == 12  # half the cold search's budget, as the README says
+    assert s.budget == 12  # half the cold search's budget, as docs/retune.md says
     assert s == Search(rounds=2, trials_per_round=6, width=0.2)
 
 

@@ -1,6 +1,6 @@
 """caviar's strategies in a plain Ray Tune program, as a Ray Tune user drives them:
-``searcher()`` and the README's example, ``param_space`` refused, TPE's metric and mode,
-trials the strategy never suggested, known results (``add_evaluated_point``), and
+``searcher()`` and the example in docs/ray-tune.md, ``param_space`` refused, TPE's metric
+and mode, trials the strategy never suggested, known results (``add_evaluated_point``), and
 ``Tuner.restore`` that ends or replaces open trials without telling the searcher."""
 
 from __future__ import annotations
@@ -82,17 +82,20 @@ def test_searcher_takes_a_sections_keys_and_refuses_bad_ones():
         s.suggest("t0")
 
 
-def _readme_example() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    marker = text.index("tests/orchestrator/strategies/test_tune_searcher.py -->")
+DOCS_PAGE = "docs/ray-tune.md"  # its example is marked to be run by this file
+
+
+def _docs_example() -> str:
+    text = (REPO / DOCS_PAGE).read_text(encoding="utf-8")
+    marker = text.index("<!-- run: tests/orchestrator/strategies/test_tune_searcher.py -->")
     return re.search(r"```python\n(.*?)```", text[marker:], re.S).group(1)
 
 
 @pytest.mark.usefixtures("ray_shutdown")
-def test_the_readme_example_runs_a_plain_tuner(capsys):
+def test_the_docs_example_runs_a_plain_tuner(capsys):
     ray.init(address="local", num_cpus=2, include_dashboard=False)
-    ns = {"__name__": "readme_example"}
-    exec(compile(_readme_example(), "README.md", "exec"), ns)
+    ns = {"__name__": "docs_example"}
+    exec(compile(_docs_example(), DOCS_PAGE, "exec"), ns)
     results = ns["tuner"].get_results()
     assert len(results) == 8 and results.num_errors == 0  # 2 rounds x 4: the budget ended it
     strategy, best = ns["strategy"], ns["best"]
