@@ -150,11 +150,6 @@ def parse_set_item(item: str) -> tuple[str, object]:
     return name, value
 
 
-def inside(p, value) -> bool:
-    """``p.contains(value)``: the name cli/babysit.py imports."""
-    return p.contains(value)
-
-
 def _plan(args, space: SearchSpace, sweep) -> tuple[dict, object, str | None, int, int]:
     """(config, data spec, its base folder, epochs, seed): the sweep's, or a space's
     centre on the digits data, with the command line's changes."""

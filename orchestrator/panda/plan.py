@@ -27,10 +27,11 @@ DEFAULT_HOURS = 24.0  # the course's "a fixed time, like one day"
 # set by its top two trials (keep: 0.25). Fewer trials than that are not a search.
 MIN_SEARCH_TRIALS = 16
 MIN_ROUND_TRIALS = 8  # a round's trials, so its top quarter is at least two
-MAX_ROUNDS = 4  # as many as the search benchmark ran (README: 4 rounds of 16)
+MAX_ROUNDS = 4  # as many as the search benchmark ran (4 rounds of 16: docs/performance.md)
 # What a sweep adds to each trial's training (starting it, reporting every epoch, the
-# gaps between trials): FACTS.md measured 0.5 s per trial per slot on 2 cores; the
-# README's orchestration benchmark (1 s trials) about 0.25 s. The larger, to be safe.
+# gaps between trials): 0.5 s per trial per slot was measured on 2 cores with Ray's
+# defaults, benchmarks/bench_overhead.py's figures are 0.04-0.08 s (docs/performance.md).
+# The larger, to be safe.
 TRIAL_OVERHEAD_SECONDS = 0.5
 # What a sweep spends outside its trials (Ray's start, the MLflow store, the best model,
 # plots): digits' 18 s sweep spent about 8 s so on 2 cores here.

@@ -207,18 +207,10 @@ def nudge_values(values: dict, config: dict) -> dict:
         if not space[name].is_tuned:
             raise BabysitError(f"{where} fixes {name} at {space[name].value!r}; a nudge moves "
                                "a tuned parameter")
-        if not inside(space[name], value):
+        if not space[name].contains(value):
             raise BabysitError(f"{where} has {name} in {_bounds(space[name])}, got {value!r}; "
                                "the run is unchanged")
     return dict(values)
-
-
-def inside(p, value) -> bool:
-    """A value within a tuned parameter's range, or among its choices."""
-    d = p.to_dict()
-    if "choice" in d:
-        return value in d["choice"]
-    return d["low"] <= value <= d["high"]
 
 
 def _bounds(p) -> str:

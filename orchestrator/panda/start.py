@@ -104,11 +104,9 @@ def run_config(spec, values: dict, epochs: int | None, keep: int | None,
 
 def _outside(values: dict, space) -> list[str]:
     """Starting values that lie outside the sweep's search space (allowed, but said)."""
-    from orchestrator.panda.requests import inside
-
     return [f"--set {k}={v!r} lies outside the search space {space[k].to_dict()}"
             for k, v in values.items()
-            if k in space.names and space[k].is_tuned and not inside(space[k], v)]
+            if k in space.names and space[k].is_tuned and not space[k].contains(v)]
 
 
 def free_name(sweep: str, taken: set[str]) -> str:
@@ -211,4 +209,4 @@ def check_cluster(address: str, uri: str, resources: dict, source: str) -> None:
         raise BabysitError(f"--address {address}: the cluster has nodes besides this machine "
                            f"({', '.join(sorted(others))}), and the worker records into "
                            f"{uri}, a file on this machine: pass --tracking-uri of an MLflow "
-                           "server every node reaches (see the README's Panda section)")
+                           "server every node reaches (see docs/panda.md)")

@@ -3,7 +3,7 @@
 On a CPU with the same torch threads, versions and data, a trial re-trains bit for
 bit: the seed fixes the initial weights and the mini-batch order, and one thread
 count fixes the order of floating-point reductions (another count gives another
-last digit; FACTS.md). On a GPU, cuDNN and cuBLAS pick kernels whose reductions are
+last digit). On a GPU, cuDNN and cuBLAS pick kernels whose reductions are
 not ordered; ``deterministic`` asks torch for deterministic ones (slower), which
 makes re-runs on the same GPU model repeat each other.
 """

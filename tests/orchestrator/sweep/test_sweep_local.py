@@ -22,7 +22,7 @@ def test_random_sweep_writes_summary_and_trials_csv(write_sweep, tmp_path):
     out = tmp_path / "w" / "t"
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary, default=str))
-    # DESIGN.md's contract
+    # summary.json's keys scripts read (docs/reference/summary-json.md)
     for key in ("name", "strategy", "wall_seconds", "trials", "best", "rounds", "mlflow"):
         assert key in on_disk
     assert on_disk["trials"]["total"] == 4
