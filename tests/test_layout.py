@@ -134,3 +134,18 @@ def test_every_test_the_integration_table_names_is_a_test():
         assert tests, module
         missing = set() if names == ALL else set(names) - tests
         assert not missing, f"{module}: no test named {sorted(missing)}"
+
+
+# Rooms small enough to read: a module at once, a function on one screen.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_module_or_function_is_too_long_to_read_at_once(path):
+    text = path.read_text()
+    assert text.count("\n") <= MAX_MODULE_LINES, f"{path}: split it where its jobs split"
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(text, str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{path}: {long}"
