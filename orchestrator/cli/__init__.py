@@ -1,6 +1,7 @@
 """The ``caviar`` command: the parser assembled from one module per command group.
 
-- ``spaces``: validate, sample, train
+- ``spaces``: validate, sample
+- ``train``: train
 - ``sweeps``: sweep, submit, sync, ui
 - ``models``: predict, promote, rollback
 - ``retune``: retune
@@ -23,14 +24,14 @@ import os
 import sys
 
 from orchestrator import caviar_version
-from orchestrator.cli import babysit, models, plan, rerun, retune, spaces, sweeps
+from orchestrator.cli import babysit, models, plan, rerun, retune, spaces, sweeps, train
 from orchestrator.cli._common import UsageError, workdir_parent
 from searchspaces.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CaviarError
 
 __all__ = ["UsageError", "build_parser", "main"]  # exit codes: searchspaces.errors
 
 # In the order `caviar --help` lists them.
-COMMANDS = (spaces.add_validate, spaces.add_sample, spaces.add_train, sweeps.add_sweep,
+COMMANDS = (spaces.add_validate, spaces.add_sample, train.add_train, sweeps.add_sweep,
             sweeps.add_sync, sweeps.add_ui, models.add_predict, sweeps.add_submit,
             retune.add_retune, models.add_promote, models.add_rollback,
             babysit.add_babysit, plan.add_plan, rerun.add_rerun)
