@@ -201,7 +201,8 @@ class Strategy(Ranking, Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         """The strategy's state as JSON, not a pickle: a file in the trial storage must
-        not be able to run code on --resume (Tune's own tuner.pkl still can: README)."""
+        not be able to run code on --resume (Tune's own tuner.pkl still can: see
+        docs/reliability-security.md)."""
         atomic_write(checkpoint_path, json.dumps(self._state()))
 
     def restore(self, checkpoint_path: str) -> None:
