@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="caviar",
         description="Tune the hyperparameters of PyTorch classifiers with Ray Tune and MLflow.",
-        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 locked (retune), 130 "
-               "interrupted. "
+        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 locked (another process holds "
+               "the lock: retune, promote, rollback, babysit start), 130 interrupted. "
                "Set CAVIAR_DEBUG=1 to see tracebacks of failures.",
     )
     parser.add_argument("--version", action="version", version=f"caviar {caviar_version()}")

@@ -28,7 +28,8 @@ def _common_run(p, wait: bool = True) -> None:
     if wait:
         p.add_argument("--wait", type=float, nargs="?", const=600.0, default=None,
                        metavar="SECONDS", help="wait until the worker has taken the request "
-                       "(at most SECONDS, default 600) and print its event as JSON")
+                       "(stop: until the run has ended), at most SECONDS (default 600), "
+                       "and print its event as JSON")
 
 
 def _add_start(sub, common) -> None:

@@ -80,7 +80,8 @@ def searcher(strategy: str | Mapping = DEFAULT_KIND, space=None, *, metric: str 
              mode: str | None = None, seed: int = 0) -> Strategy:
     """A caviar strategy as a Ray Tune Searcher, for a plain ``tune.Tuner``::
 
-        tune.TuneConfig(search_alg=searcher("coarse_to_fine", "space.yaml"),
+        tune.TuneConfig(search_alg=searcher("coarse_to_fine", "space.yaml",
+                                            metric="val_loss", mode="min"),
                         metric="val_loss", mode="min", num_samples=-1)
 
     It suggests configurations on the space's own scales (log, reverse_log, ...),
