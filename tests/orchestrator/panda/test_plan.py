@@ -164,6 +164,9 @@ def test_a_fitted_random_search_keeps_the_sweeps_own_kind_of_random():
 # 7.75 s. The small data's trial takes about 1 s here (fits about 120), the big data's
 # about 50 s (fits none): each side would have to be about 6 times off to flip.
 HOURS = "0.02"
+# The small sweep's budget: 16 of its trials fit in it even when a busy machine makes an
+# epoch 30 times slower than a quiet one (seen: 0.6 s, quiet 0.02 s).
+SMALL_HOURS = "0.5"
 SMALL = {"source": "synthetic", "size": 1200, "n_features": 12, "classes": 3}
 BIG = {"source": "synthetic", "size": 200_000, "n_features": 40, "classes": 3}
 
@@ -176,9 +179,11 @@ def test_a_costlier_trial_flips_the_verdict_from_caviar_to_panda(capsys, write_s
                                                                  ray_shutdown,
                                                                  no_outside_services):
     # The small sweep's plan as a person reads it (the report: each figure checked in its
-    # words), the big one's as a script does (--json); one trial measured for each.
+    # words), the big one's as a script does (--json); one trial measured for each. The big
+    # one gets the time 64 small trials take, measured here: it needs over 4 times the
+    # small one's work per trial to miss 16 (it is 900 times the data).
     code, out, err = run_main(capsys, "plan", _sweep(write_sweep, "small.yaml", SMALL),
-                              "--hours", HOURS)
+                              "--hours", SMALL_HOURS)
     assert code == 0, err
     assert "caviar: timing one epoch of sweep 't'" in err
 
@@ -193,21 +198,23 @@ def test_a_costlier_trial_flips_the_verdict_from_caviar_to_panda(capsys, write_s
     assert "measured on this machine" in out  # where: local
     assert "on cpu with 1 torch thread(s); 722 training rows" in out
     assert "\n  free now     " in out and "\n  at once      2 trial(s)" in out
-    fit = int(figure(r"^  in 0\.02 h +([\d,]+) trials fit$").replace(",", ""))
+    fit = int(figure(r"^  in 0\.5 h +([\d,]+) trials fit$").replace(",", ""))
+    small_trial = float(figure(r"^  one trial +(\S+) s \(100 epochs"))
     assert fit >= MIN_SEARCH_TRIALS, out
     assert "\nverdict: caviar: 2 trials run at once" in out
     assert "\nrun 2 trials in parallel: " in out
     assert re.search(r"^  caviar sweep \S*small\.yaml$", out, re.MULTILINE), out
 
+    hours = 64 * small_trial / 2 / 3600  # 2 at once
     code, out, err = run_main(capsys, "plan", _sweep(write_sweep, "big.yaml", BIG),
-                              "--hours", HOURS, "--json")
+                              "--hours", f"{hours:.5f}", "--json")
     assert code == 0, err
     big = json.loads(out)
     m = big["measured"]
     assert m["epoch_seconds"] > 10 * small_epoch
     assert m["peak_rss_bytes"] > 0 and m["device"] == "cpu" and big["where"] == "local"
     assert big["slots"] == 2 and big["trials_that_fit"] < MIN_SEARCH_TRIALS, big
-    assert big["verdict"] == "panda" and "fit in 0.02 h" in big["why"]
+    assert big["verdict"] == "panda" and " h, fewer than the 16 " in big["why"], big["why"]
     assert big["recommendation"]["command"].startswith("caviar babysit start ")
 
 
