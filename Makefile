@@ -43,7 +43,7 @@ test: $(STAMP)
 # The inner loop: the unit tests alone (no Ray, no server, no sweep), in under 2 minutes.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n $(JOBS) -m "not integration"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py
