@@ -13,18 +13,10 @@ import random
 import sys
 
 from orchestrator import DEFAULT_WORKDIR
-from searchspaces.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_LOCKED,
-    EXIT_OK,
-    CaviarError,
-)
+from searchspaces.errors import CaviarError
 
-__all__ = [  # the exit codes are searchspaces.errors', named here too
-    "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "OPTIONS",
-    "UsageError", "add_address", "add_command", "add_flag", "add_option", "add_storage",
+__all__ = [
+    "OPTIONS", "UsageError", "add_address", "add_command", "add_flag", "add_option", "add_storage",
     "add_tracking_uri", "checked_storage", "default_workdir", "json_safe", "seed_or_draw",
     "workdir_parent"]
 EMBEDDED_STORE = "sqlite:///WORKDIR/mlflow.db"

@@ -8,13 +8,9 @@ import json
 import sys
 import time
 
-from orchestrator.cli._common import (
-    EXIT_OK,
-    UsageError,
-    default_workdir,
-    json_safe,
-)
+from orchestrator.cli._common import UsageError, default_workdir, json_safe
 from orchestrator.cli.spaces import parse_set_item
+from searchspaces.errors import EXIT_OK
 
 
 def _uri(args) -> str:
